@@ -1,0 +1,107 @@
+"""Tracing and structured logging, set up once per service process.
+
+Spans come from the OpenTelemetry contrib instrumentations (gRPC aio server and client,
+httpx, aiokafka) and are exported over OTLP/gRPC to trace-ingest. Health and reflection
+calls are not traced, nor is the OTLP export path itself (it would trace its own export).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import (
+    GrpcAioInstrumentorClient,
+    GrpcAioInstrumentorServer,
+    filters,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_UNTRACED_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+    "opentelemetry.proto.collector.trace.v1.TraceService",
+)
+
+
+def setup_tracing(
+    service_name: str,
+    otlp_endpoint: str | None,
+    *,
+    untraced_services: Sequence[str] = (),
+) -> TracerProvider:
+    """Install the global tracer provider and the instrumentations. Call before any
+    gRPC server, channel, httpx client or Kafka client is made."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)
+        # Export cadence follows OTEL_BSP_SCHEDULE_DELAY (ms), as in every OpenTelemetry SDK.
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    skip = (*_UNTRACED_SERVICES, *untraced_services)
+    GrpcAioInstrumentorServer().instrument(  # type: ignore[no-untyped-call]
+        filter_=filters.negate(filters.any_of(*(filters.service_name(s) for s in skip)))
+    )
+    GrpcAioInstrumentorClient().instrument(  # type: ignore[no-untyped-call]
+        filter_=filters.negate(filters.any_of(*(filters.service_name(s) for s in skip)))
+    )
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+
+    AIOKafkaInstrumentor().instrument()
+    return provider
+
+
+def current_trace_id() -> str:
+    """Hex trace id of the current span, or "" when there is none."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, service, logger, message, trace context, fields."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(service: str, level: str = "info") -> None:
+    """Structured JSON logs on stderr for the whole process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "urllib3", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,53 @@
+"""Model prices from the maintained genai-prices table, in integer nano-dollars.
+
+Costs are integers of 1e-9 USD so that ledger, Kafka and ClickHouse totals add up exactly;
+a price is rounded up to the next nano-dollar, never down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+from genai_prices import Usage, calc_price
+from genai_prices.types import ModelPrice
+
+NANOS_PER_USD = 1_000_000_000
+
+
+class UnknownPriceError(LookupError):
+    """genai-prices has no price for this provider and model."""
+
+
+def usd_to_nanos(usd: Decimal) -> int:
+    """Whole nano-dollars, rounded up."""
+    return math.ceil(usd * NANOS_PER_USD)
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_USD
+
+
+@dataclass(frozen=True)
+class ModelPricing:
+    """The price of one model at one provider, resolved once when routing config loads."""
+
+    provider_id: str
+    """genai-prices provider id, e.g. `openai`."""
+    model_ref: str
+    """genai-prices model reference, e.g. `gpt-4o-mini`."""
+    price: ModelPrice
+
+    @classmethod
+    def resolve(cls, provider_id: str, model_ref: str) -> ModelPricing:
+        try:
+            found = calc_price(Usage(input_tokens=0, output_tokens=0), model_ref=model_ref, provider_id=provider_id)
+        except LookupError as exc:
+            raise UnknownPriceError(f"no price for model {model_ref!r} at provider {provider_id!r}") from exc
+        return cls(provider_id=provider_id, model_ref=model_ref, price=found.model_price)
+
+    def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        """Cost of a call in nano-dollars, rounded up."""
+        total = self.price.calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens))["total_price"]
+        return usd_to_nanos(total)

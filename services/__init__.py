@@ -1,0 +1,1 @@
+"""Interlock services, one package each."""

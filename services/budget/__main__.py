@@ -1,0 +1,3 @@
+from interlock.services.budget.main import main
+
+main()

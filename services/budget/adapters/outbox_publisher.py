@@ -1,0 +1,118 @@
+"""Drains the ledger's outbox into the usage sink: at-least-once, in commit order.
+
+An event leaves the outbox only after the sink has it durably; a crash between the two
+re-sends it, and consumers collapse repeats by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from interlock.services.budget.adapters.sqlite_ledger import OutboxEntry, SqliteLedger
+from interlock.services.budget.adapters.usage_sink import UsageSink
+from interlock.services.budget.domain.usage import SettledUsage
+from interlock.usage.v1 import usage_pb2
+from opentelemetry import context, propagate
+
+log = logging.getLogger("interlock.budget.outbox")
+
+
+def to_event(usage: SettledUsage) -> usage_pb2.UsageEvent:
+    occurred = Timestamp()
+    occurred.FromNanoseconds(int(usage.committed_at * 1e9))
+    return usage_pb2.UsageEvent(
+        event_id=usage.request_id,
+        org=usage.principal.org,
+        project=usage.principal.project,
+        developer=usage.principal.developer,
+        api_key_id=usage.principal.api_key_id,
+        provider=usage.provider,
+        model=usage.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_nanos=usage.cost_nanos,
+        status="ok",
+        occurred_at=occurred,
+        trace_id=usage.trace_id,
+        run_id=usage.run_id,
+        agent=usage.agent,
+    )
+
+
+class OutboxPublisher:
+    def __init__(
+        self,
+        ledger: SqliteLedger,
+        sink: UsageSink,
+        run_in_ledger_thread: Callable[..., asyncio.Future[object]],
+        batch_size: int = 200,
+    ) -> None:
+        self._ledger = ledger
+        self._sink = sink
+        self._run = run_in_ledger_thread
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def notify(self) -> None:
+        """A commit wrote an outbox row: publish soon."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self._sink.start()
+        self._task = asyncio.create_task(self._run_loop(), name="outbox-publisher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self._sink.stop()
+
+    async def _run_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                published = await self._drain_once()
+                backoff = 0.1
+            except Exception:
+                log.exception("publishing usage events failed; will retry", extra={"fields": {"backoff_s": backoff}})
+                if self._stopping:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self._stopping and published == 0:
+                return
+            if published == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                self._wake.clear()
+
+    async def _drain_once(self) -> int:
+        entries: list[OutboxEntry] = await self._run(self._ledger.pending_events, self._batch_size)  # type: ignore[assignment]
+        done: list[int] = []
+        try:
+            for entry in entries:
+                await self._publish(entry)
+                done.append(entry.seq)
+        finally:
+            if done:
+                await self._run(self._ledger.mark_published, done, time.time())
+        return len(done)
+
+    async def _publish(self, entry: OutboxEntry) -> None:
+        # Produce under the trace of the commit that wrote the event.
+        parent = propagate.extract(dict(entry.headers))
+        token = context.attach(parent)
+        try:
+            value = to_event(entry.usage).SerializeToString()
+            await self._sink.publish(entry.usage.request_id, value, [])
+        finally:
+            context.detach(token)

@@ -1,0 +1,176 @@
+"""BudgetService: protobuf <-> domain translation over the SQLite ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from interlock._telemetry import current_trace_id
+from interlock.budget.v1 import budget_pb2
+from interlock.errors import AuthenticationError, InvalidArgumentError
+from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
+from interlock.services.budget.domain.model import (
+    DEFAULT_ORG,
+    Principal,
+    Scope,
+    ScopeKind,
+    check_name,
+    split_api_key,
+)
+from interlock.services.budget.domain.usage import SettledUsage
+from opentelemetry import propagate
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+_KINDS = {
+    budget_pb2.SCOPE_KIND_ORG: ScopeKind.ORG,
+    budget_pb2.SCOPE_KIND_PROJECT: ScopeKind.PROJECT,
+    budget_pb2.SCOPE_KIND_DEVELOPER: ScopeKind.DEVELOPER,
+}
+_MAX_REQUEST_ID = 128
+
+
+def _request_id(value: str) -> str:
+    if not value or len(value) > _MAX_REQUEST_ID:
+        raise InvalidArgumentError(f"must be 1-{_MAX_REQUEST_ID} characters", field="request_id")
+    return value
+
+
+def _principal(p: budget_pb2.Principal) -> Principal:
+    return Principal(
+        org=check_name("principal.org", p.org or DEFAULT_ORG),
+        project=check_name("principal.project", p.project),
+        developer=check_name("principal.developer", p.developer),
+        api_key_id=p.api_key_id,
+    )
+
+
+def _principal_pb(p: Principal) -> budget_pb2.Principal:
+    return budget_pb2.Principal(org=p.org, project=p.project, developer=p.developer, api_key_id=p.api_key_id)
+
+
+def _scope(s: budget_pb2.Scope) -> Scope:
+    kind = _KINDS.get(s.kind)
+    if kind is None:
+        raise InvalidArgumentError("must be ORG, PROJECT or DEVELOPER", field="scope.kind")
+    org = check_name("scope.org", s.org or DEFAULT_ORG)
+    project = check_name("scope.project", s.project) if kind is not ScopeKind.ORG else ""
+    developer = check_name("scope.developer", s.developer) if kind is ScopeKind.DEVELOPER else ""
+    return Scope(kind, org, project, developer)
+
+
+class BudgetServicer:
+    def __init__(
+        self,
+        ledger: SqliteLedger,
+        reservation_ttl_s: float,
+        on_commit: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._ttl = reservation_ttl_s
+        self._on_commit = on_commit
+        self._clock = clock
+        # One thread owns the SQLite connection; the event loop never blocks on disk.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+
+    def run_in_ledger_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def Reserve(self, request: budget_pb2.ReserveRequest, context: Ctx) -> budget_pb2.ReserveResponse:
+        request_id = _request_id(request.request_id)
+        principal = _principal(request.principal)
+        if request.amount_nanos < 0:
+            raise InvalidArgumentError("must not be negative", field="amount_nanos")
+        ttl = float(request.ttl_seconds) if request.ttl_seconds else self._ttl
+        decision = await self.run_in_ledger_thread(
+            self._ledger.reserve, request_id, principal, request.amount_nanos, ttl, self._clock()
+        )
+        return budget_pb2.ReserveResponse(
+            granted=decision.granted,
+            exceeded_scope=decision.exceeded_scope,
+            remaining_nanos=decision.remaining_nanos,
+        )
+
+    async def Commit(self, request: budget_pb2.CommitRequest, context: Ctx) -> budget_pb2.CommitResponse:
+        request_id = _request_id(request.request_id)
+        for name in ("cost_nanos", "input_tokens", "output_tokens"):
+            if getattr(request, name) < 0:
+                raise InvalidArgumentError("must not be negative", field=name)
+        usage = SettledUsage(
+            request_id=request_id,
+            principal=Principal("", "", ""),  # the ledger takes the principal from the reservation
+            provider=request.provider,
+            model=request.model,
+            input_tokens=request.input_tokens,
+            output_tokens=request.output_tokens,
+            cost_nanos=request.cost_nanos,
+            committed_at=self._clock(),
+            trace_id=current_trace_id(),
+            run_id=request.run_id,
+            agent=request.agent,
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        first = await self.run_in_ledger_thread(self._ledger.commit, usage, sorted(carrier.items()))
+        if first:
+            self._on_commit()
+        return budget_pb2.CommitResponse(first_commit=first)
+
+    async def Release(self, request: budget_pb2.ReleaseRequest, context: Ctx) -> budget_pb2.ReleaseResponse:
+        released = await self.run_in_ledger_thread(self._ledger.release, _request_id(request.request_id))
+        return budget_pb2.ReleaseResponse(released=released)
+
+    async def CreateApiKey(
+        self, request: budget_pb2.CreateApiKeyRequest, context: Ctx
+    ) -> budget_pb2.CreateApiKeyResponse:
+        principal = Principal(
+            org=check_name("org", request.org or DEFAULT_ORG),
+            project=check_name("project", request.project),
+            developer=check_name("developer", request.developer),
+        )
+        key = await self.run_in_ledger_thread(self._ledger.create_api_key, principal, self._clock())
+        owner = Principal(principal.org, principal.project, principal.developer, key.key_id)
+        return budget_pb2.CreateApiKeyResponse(
+            api_key=key.api_key, api_key_id=key.key_id, principal=_principal_pb(owner)
+        )
+
+    async def AuthenticateApiKey(
+        self, request: budget_pb2.AuthenticateApiKeyRequest, context: Ctx
+    ) -> budget_pb2.AuthenticateApiKeyResponse:
+        parts = split_api_key(request.api_key)
+        principal = None
+        if parts is not None:
+            principal = await self.run_in_ledger_thread(self._ledger.authenticate, *parts)
+        if principal is None:
+            raise AuthenticationError("API key is not valid")
+        return budget_pb2.AuthenticateApiKeyResponse(principal=_principal_pb(principal))
+
+    async def SetBudget(self, request: budget_pb2.SetBudgetRequest, context: Ctx) -> budget_pb2.SetBudgetResponse:
+        scope = _scope(request.scope)
+        if request.limit_nanos < 0:
+            raise InvalidArgumentError("must not be negative", field="limit_nanos")
+        await self.run_in_ledger_thread(self._ledger.set_budget, scope, request.limit_nanos)
+        return budget_pb2.SetBudgetResponse(scope=request.scope, limit_nanos=request.limit_nanos)
+
+    async def GetSpend(self, request: budget_pb2.GetSpendRequest, context: Ctx) -> budget_pb2.GetSpendResponse:
+        spend = await self.run_in_ledger_thread(self._ledger.get_spend, _scope(request.scope))
+        return budget_pb2.GetSpendResponse(
+            limit_nanos=-1 if spend.limit_nanos is None else spend.limit_nanos,
+            committed_nanos=spend.committed_nanos,
+            reserved_nanos=spend.reserved_nanos,
+        )
+
+    async def expire_loop(self, interval_s: float = 1.0) -> None:
+        """Free reservations whose callers died; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.run_in_ledger_thread(self._ledger.expire, self._clock())

@@ -1,0 +1,35 @@
+"""Budget service settings, from `INTERLOCK_BUDGET_*` environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from interlock._settings import load_settings
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds."""
+    port: int = 50053
+    """gRPC port; 0 picks a free one."""
+    db_path: str = "var/budget/ledger.db"
+    """SQLite ledger file (keys, budgets, reservations, settled usage, outbox)."""
+    kafka_bootstrap: str = ""
+    """Kafka bootstrap servers for usage events; empty means the local spool."""
+    usage_topic: str = "interlock.usage.v1"
+    """Kafka topic of usage events."""
+    spool_path: str = "var/spool/usage.db"
+    """Local durable spool file, used when no Kafka is configured."""
+    reservation_ttl_s: float = 120.0
+    """Default life of a reservation whose caller never commits or releases it."""
+    otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint for spans (trace-ingest), e.g. 127.0.0.1:50054; empty disables export."""
+    log_level: str = "info"
+    """Log level of the JSON logs on stderr."""
+    grace_s: float = 10.0
+    """Time in-flight calls get to finish after SIGTERM."""
+
+
+def load() -> BudgetSettings:
+    return load_settings(BudgetSettings, "INTERLOCK_BUDGET_")

@@ -1,0 +1,127 @@
+"""Budget domain: principals, scopes, API keys and the reservation decision. No I/O."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from interlock.errors import InvalidArgumentError
+
+DEFAULT_ORG = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KEY = re.compile(r"^il_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+
+def check_name(field: str, value: str) -> str:
+    """Org, project and developer names: 1-64 of letters, digits, `.`, `_`, `-`."""
+    if not _NAME.match(value):
+        raise InvalidArgumentError("must be 1-64 characters of letters, digits, '.', '_' or '-'", field=field)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who pays for a call."""
+
+    org: str
+    project: str
+    developer: str
+    api_key_id: str = ""
+
+
+class ScopeKind(Enum):
+    ORG = "org"
+    PROJECT = "project"
+    DEVELOPER = "developer"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One budget: an org, a project of it, or a developer of a project."""
+
+    kind: ScopeKind
+    org: str
+    project: str = ""
+    developer: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable storage key, e.g. `project:acme/search`."""
+        parts = {ScopeKind.ORG: [self.org], ScopeKind.PROJECT: [self.org, self.project]}.get(
+            self.kind, [self.org, self.project, self.developer]
+        )
+        return f"{self.kind.value}:{'/'.join(parts)}"
+
+
+def scopes_of(principal: Principal) -> list[Scope]:
+    """Every budget a principal's spend counts against, widest first."""
+    return [
+        Scope(ScopeKind.ORG, principal.org),
+        Scope(ScopeKind.PROJECT, principal.org, principal.project),
+        Scope(ScopeKind.DEVELOPER, principal.org, principal.project, principal.developer),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeSpend:
+    """A scope's limit and what is already spent or held against it."""
+
+    scope_key: str
+    limit_nanos: int | None
+    """None: no limit set."""
+    committed_nanos: int
+    reserved_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationDecision:
+    granted: bool
+    exceeded_scope: str = ""
+    remaining_nanos: int = 0
+
+
+def decide_reservation(amount_nanos: int, spends: Sequence[ScopeSpend]) -> ReservationDecision:
+    """Grant only if the amount fits under every limited scope (committed + held + amount <= limit)."""
+    for spend in spends:
+        if spend.limit_nanos is None:
+            continue
+        remaining = spend.limit_nanos - spend.committed_nanos - spend.reserved_nanos
+        if amount_nanos > remaining:
+            return ReservationDecision(False, spend.scope_key, max(0, remaining))
+    return ReservationDecision(True)
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    """A freshly made key: the secret is shown once, only its hash is stored."""
+
+    key_id: str
+    api_key: str
+    secret_hash: bytes
+
+
+def new_api_key() -> NewApiKey:
+    key_id = secrets.token_hex(8)
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    return NewApiKey(key_id, f"il_{key_id}_{secret}", hash_secret(secret))
+
+
+def hash_secret(secret: str) -> bytes:
+    # Keys carry 256 random bits, so a fast hash suffices; a slow KDF would only add latency.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def split_api_key(api_key: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed key, None otherwise."""
+    match = _KEY.match(api_key)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def secret_matches(secret: str, stored_hash: bytes) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)

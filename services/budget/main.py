@@ -1,0 +1,73 @@
+"""Budget service process: wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from interlock._server import GrpcService
+from interlock._telemetry import setup_logging, setup_tracing
+from interlock.budget.v1 import budget_pb2
+from interlock.services.budget import config
+from interlock.services.budget.adapters.outbox_publisher import OutboxPublisher
+from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
+from interlock.services.budget.adapters.usage_sink import KafkaUsageSink, SpoolUsageSink, UsageSink
+from interlock.services.budget.api.servicer import BudgetServicer
+
+
+async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = None) -> None:
+    ledger = SqliteLedger(Path(settings.db_path))
+    sink: UsageSink = (
+        KafkaUsageSink(settings.kafka_bootstrap, settings.usage_topic)
+        if settings.kafka_bootstrap
+        else SpoolUsageSink(Path(settings.spool_path), settings.usage_topic)
+    )
+    publisher: OutboxPublisher | None = None
+
+    def on_commit() -> None:
+        if publisher is not None:
+            publisher.notify()
+
+    servicer = BudgetServicer(ledger, settings.reservation_ttl_s, on_commit=on_commit)
+    publisher = OutboxPublisher(ledger, sink, servicer.run_in_ledger_thread)
+    expiry: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal expiry
+        await publisher.start()
+        expiry = asyncio.create_task(servicer.expire_loop(), name="reservation-expiry")
+
+    async def stop_all() -> None:
+        if expiry is not None:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+        await publisher.stop()
+        servicer.shutdown()
+        ledger.close()
+
+    service = GrpcService(
+        name="budget",
+        host=settings.host,
+        port=settings.port,
+        services=[(budget_pb2.DESCRIPTOR.services_by_name["BudgetService"], servicer)],
+        on_start=[start],
+        on_stop=[stop_all],
+        grace_s=settings.grace_s,
+    )
+    await service.run(stop)
+
+
+def main() -> None:
+    settings = config.load()
+    setup_logging("budget", settings.log_level)
+    provider = setup_tracing("budget", settings.otlp_endpoint or None)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

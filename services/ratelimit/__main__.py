@@ -1,0 +1,3 @@
+from interlock.services.ratelimit.main import main
+
+main()

@@ -1,0 +1,29 @@
+"""Rate-limiter settings, from `INTERLOCK_RATELIMIT_*` environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from interlock._settings import load_settings
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds."""
+    port: int = 50052
+    """gRPC port; 0 picks a free one."""
+    limits_path: str = ""
+    """YAML limits file (Envoy-style domains and descriptors); empty means no limits."""
+    redis_url: str = ""
+    """Redis shared by replicas, e.g. redis://127.0.0.1:6379/0; empty keeps counters in memory."""
+    otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint for spans; empty disables export."""
+    log_level: str = "info"
+    """Log level of the JSON logs on stderr."""
+    grace_s: float = 10.0
+    """Time in-flight calls get to finish after SIGTERM."""
+
+
+def load() -> RateLimitSettings:
+    return load_settings(RateLimitSettings, "INTERLOCK_RATELIMIT_")

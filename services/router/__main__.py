@@ -1,0 +1,3 @@
+from interlock.services.router.main import main
+
+main()

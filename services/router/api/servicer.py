@@ -1,0 +1,85 @@
+"""RouterService: authenticate, translate protobuf <-> domain, run the chat flow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from interlock._telemetry import current_trace_id
+from interlock.errors import AuthenticationError
+from interlock.router.v1 import router_pb2
+from interlock.services.router.adapters.mesh_clients import BudgetClient
+from interlock.services.router.domain.chat import ChatCall, validate_chat
+from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
+from interlock.services.router.domain.provider import ChatMessage
+from interlock.services.router.domain.routing import RoutingConfig
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def api_key_of(context: Ctx) -> str:
+    """The key from `authorization: Bearer <key>` or `x-api-key: <key>` metadata."""
+    for key, value in context.invocation_metadata() or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "authorization" and text[:7].lower() == "bearer ":
+            return text[7:].strip()
+        if key == "x-api-key":
+            return text.strip()
+    return ""
+
+
+class RouterServicer:
+    def __init__(self, config: RoutingConfig, flow: ChatFlow, auth: BudgetClient) -> None:
+        self.config = config
+        self._flow = flow
+        self._auth = auth
+
+    async def _caller(self, context: Ctx) -> Caller:
+        key = api_key_of(context)
+        if not key:
+            raise AuthenticationError("missing API key: send `authorization: Bearer <key>` metadata")
+        return await self._auth.authenticate(key)
+
+    def _call(self, params: router_pb2.ChatParams) -> ChatCall:
+        return validate_chat(
+            self.config,
+            model=params.model,
+            messages=[ChatMessage(m.role, m.content) for m in params.messages],
+            max_tokens=params.max_tokens,
+            temperature=params.temperature if params.HasField("temperature") else None,
+            request_id=params.request_id or f"req_{uuid.uuid4().hex}",
+            run_id=params.run_id,
+            agent=params.agent,
+        )
+
+    @staticmethod
+    def _response(result: ChatResult) -> router_pb2.ChatResponse:
+        return router_pb2.ChatResponse(
+            request_id=result.request_id,
+            model=result.model,
+            provider=result.provider,
+            text=result.text,
+            finish_reason=result.finish_reason,
+            usage=router_pb2.Usage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens),
+            cost_nanos=result.cost_nanos,
+            trace_id=current_trace_id(),
+        )
+
+    async def Chat(self, request: router_pb2.ChatRequest, context: Ctx) -> router_pb2.ChatResponse:
+        caller = await self._caller(context)
+        call = self._call(request.params)
+        result = await self._flow.chat(caller, call, context.time_remaining())
+        return self._response(result)
+
+    async def ChatStream(
+        self, request: router_pb2.ChatStreamRequest, context: Ctx
+    ) -> AsyncIterator[router_pb2.ChatStreamResponse]:
+        caller = await self._caller(context)
+        call = self._call(request.params)
+        async for item in self._flow.stream(caller, call, context.time_remaining()):
+            if isinstance(item, str):
+                yield router_pb2.ChatStreamResponse(delta=item)
+            else:
+                yield router_pb2.ChatStreamResponse(done=self._response(item))

@@ -1,0 +1,92 @@
+"""A chat call as the router's domain sees it, its validation and its worst-case size."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from interlock.errors import InvalidArgumentError
+from interlock.services.router.domain.provider import ChatMessage
+from interlock.services.router.domain.routing import ModelRoute, RoutingConfig
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_PROMPT_BYTES = 1_000_000
+"""Largest prompt (all message contents, UTF-8) a request may carry."""
+MAX_MESSAGES = 1024
+MAX_OUTPUT_TOKENS = 1_000_000
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Chat formats wrap each message in a few tokens of framing, and the reply in a few more.
+_TOKENS_PER_MESSAGE = 4
+_TOKENS_PER_REPLY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A validated chat request."""
+
+    route: ModelRoute
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float | None
+    request_id: str
+    run_id: str
+    agent: str
+
+
+def validate_chat(
+    config: RoutingConfig,
+    *,
+    model: str,
+    messages: Sequence[ChatMessage],
+    max_tokens: int,
+    temperature: float | None,
+    request_id: str,
+    run_id: str,
+    agent: str,
+    field_prefix: str = "params.",
+) -> ChatCall:
+    """Check every field; raise InvalidArgumentError naming the first bad one."""
+    f = field_prefix
+    if not model:
+        raise InvalidArgumentError("is required", field=f"{f}model")
+    route = config.models.get(model)
+    if route is None:
+        known = ", ".join(sorted(config.models)[:20])
+        raise InvalidArgumentError(f"unknown model {model[:100]!r}; known models: {known}", field=f"{f}model")
+    if not messages:
+        raise InvalidArgumentError("must hold at least one message", field=f"{f}messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgumentError(f"must hold at most {MAX_MESSAGES} messages", field=f"{f}messages")
+    total = 0
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidArgumentError(f"must be one of {', '.join(ROLES)}", field=f"{f}messages[{i}].role")
+        size = len(m.content.encode("utf-8", "surrogatepass"))
+        total += size
+        if total > MAX_PROMPT_BYTES:
+            raise InvalidArgumentError(
+                f"prompt exceeds {MAX_PROMPT_BYTES} bytes in total", field=f"{f}messages[{i}].content"
+            )
+    if max_tokens <= 0:
+        raise InvalidArgumentError("must be a positive number of tokens", field=f"{f}max_tokens")
+    if max_tokens > MAX_OUTPUT_TOKENS:
+        raise InvalidArgumentError(f"must be at most {MAX_OUTPUT_TOKENS}", field=f"{f}max_tokens")
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise InvalidArgumentError("must be between 0 and 2", field=f"{f}temperature")
+    for name, value in (("request_id", request_id), ("run_id", run_id), ("agent", agent)):
+        if value and not _ID.match(value):
+            raise InvalidArgumentError("must be 1-128 of letters, digits, '.', '_', ':' or '-'", field=f"{f}{name}")
+    return ChatCall(route, tuple(messages), max_tokens, temperature, request_id, run_id, agent)
+
+
+def input_token_bound(messages: Sequence[ChatMessage]) -> int:
+    """An upper bound on the input tokens any tokenizer bills for these messages.
+
+    Every BPE token covers at least one byte, so UTF-8 length bounds the content tokens;
+    framing adds a fixed few per message. The bound is loose (about 4x for English) and
+    is only used to reserve budget; commits use the provider's billed count.
+    """
+    return _TOKENS_PER_REPLY + sum(
+        _TOKENS_PER_MESSAGE + len(m.role) + len(m.content.encode("utf-8", "surrogatepass")) for m in messages
+    )

@@ -1,0 +1,3 @@
+from interlock.services.traceingest.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Trace-ingest's I/O: ClickHouse, Kafka, the local spool."""

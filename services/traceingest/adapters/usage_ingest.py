@@ -1,0 +1,144 @@
+"""Stores consumed usage records in ClickHouse, tracing each record under its producer's trace.
+
+The Kafka and spool consumers hand over a batch; this module decodes it, opens one CONSUMER
+processing span per record as a child of the W3C context in the record's headers (the
+instrumentation's receive span has ended by then), and writes the batch with one INSERT
+under a CLIENT span whose parent is the first record's processing span and which links to
+the others. Processing spans stay open until the insert landed, so each record's trace
+covers produce, consume and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_until_stopped
+from interlock.services.traceingest.adapters.store import USAGE_TABLE, TraceStore
+from interlock.services.traceingest.domain import UsageRecord
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+log = logging.getLogger("interlock.traceingest.usage")
+_tracer = trace.get_tracer("interlock.services.traceingest")
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class HeaderGetter(Getter[Headers]):
+    """Reads W3C context from Kafka-style record headers: (name, bytes) pairs."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        wanted = key.lower()
+        values = [bytes(v).decode("latin-1") for k, v in carrier if k.lower() == wanted and v is not None]
+        return values or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+HEADER_GETTER = HeaderGetter()
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """A consumed record, whatever it came from."""
+
+    key: str
+    value: bytes
+    headers: Headers
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    """Messaging attributes for the processing span (system, destination, offset...)."""
+
+
+class UsageIngestor:
+    """Decodes usage records and inserts them, retrying while ClickHouse fails."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        decode: Callable[[bytes], UsageRecord],
+        *,
+        process_span_name: str,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.tracer = tracer or _tracer
+        self.store = store
+        self.decode = decode
+        self.process_span_name = process_span_name
+        self.backoff = backoff
+
+    async def ingest(self, records: Sequence[InboundRecord], stop: asyncio.Event) -> bool:
+        """Store every valid record of `records`.
+
+        True when they are in ClickHouse (records that cannot be decoded are logged and
+        skipped: retrying cannot fix them). False when `stop` came before the insert
+        succeeded; then nothing may be committed, and the records will be delivered again.
+        """
+        spans: list[trace.Span] = []
+        rows: list[UsageRecord] = []
+        for record in records:
+            parent = propagate.extract(record.headers, getter=HEADER_GETTER)
+            span = self.tracer.start_span(
+                self.process_span_name,
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={**record.attributes, "messaging.operation.type": "process"},
+            )
+            try:
+                row = self.decode(record.value)
+                problems = row.problems()
+                if problems:
+                    raise ValueError("; ".join(problems))
+            except Exception as exc:  # noqa: BLE001 - a poison record is skipped, never retried forever
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, "undecodable usage event"))
+                with trace.use_span(span, end_on_exit=True):
+                    log.error(
+                        "skipping usage record that is not a valid UsageEvent",
+                        extra={"fields": {"key": record.key, "error": str(exc), **_loggable(record.attributes)}},
+                    )
+                continue
+            span.set_attribute("interlock.usage.event_id", row.event_id)
+            spans.append(span)
+            rows.append(row)
+        if not rows:
+            return True
+
+        async def insert() -> None:
+            with self.tracer.start_as_current_span(
+                f"clickhouse insert {USAGE_TABLE}",
+                context=trace.set_span_in_context(spans[0]),
+                kind=SpanKind.CLIENT,
+                links=[Link(s.get_span_context()) for s in spans[1:]],
+                attributes={
+                    "db.system": "clickhouse",
+                    "db.system.name": "clickhouse",
+                    "db.operation": "INSERT",
+                    "db.operation.name": "INSERT",
+                    "db.namespace": self.store.database,
+                    "db.collection.name": USAGE_TABLE,
+                    "db.operation.batch.size": len(rows),
+                },
+            ):
+                await self.store.insert_usage(rows)
+
+        stored = await retry_until_stopped(
+            insert, what=f"insert of {len(rows)} usage events", backoff=self.backoff, stop=stop
+        )
+        for span in spans:
+            if not stored:
+                span.set_status(Status(StatusCode.ERROR, "not stored before stop; will be redelivered"))
+            span.end()
+        if stored:
+            log.debug("stored usage events", extra={"fields": {"events": len(rows)}})
+        return stored
+
+
+def _loggable(attributes: Mapping[str, AttributeValue]) -> dict[str, str]:
+    return {k: str(v) for k, v in attributes.items()}

@@ -1,0 +1,1 @@
+"""Trace-ingest's gRPC surface: protobuf in and out, domain inside."""

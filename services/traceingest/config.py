@@ -1,0 +1,60 @@
+"""Trace-ingest settings, read from `INTERLOCK_TRACEINGEST_*` environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from interlock._settings import load_settings
+
+ENV_PREFIX = "INTERLOCK_TRACEINGEST_"
+
+
+@dataclass(frozen=True)
+class TraceIngestSettings:
+    """Everything trace-ingest can be told; every field has a working local default."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server (TraceIngestService and OTLP TraceService) listens on."""
+    port: int = 50054
+    """gRPC port; 0 picks a free one."""
+    clickhouse_url: str = ""
+    """ClickHouse HTTP URL (`http://user:password@host:8123`); empty runs ClickHouse in-process (chdb)."""
+    chdb_path: str = "var/traceingest/chdb"
+    """Data directory of the in-process ClickHouse, used when `clickhouse_url` is empty."""
+    database: str = "interlock"
+    """ClickHouse database holding `usage_events` and `spans`; created if missing."""
+    kafka_bootstrap: str = ""
+    """Kafka bootstrap servers (`host:port,...`); empty reads usage events from the local spool."""
+    usage_topic: str = "interlock.usage.v1"
+    """Kafka topic of usage events."""
+    consumer_group: str = "interlock-trace-ingest"
+    """Kafka consumer group, and the spool's consumer group name."""
+    spool_path: str = "var/usage-spool.sqlite3"
+    """The local usage spool (SQLite file) shared with budget, used when `kafka_bootstrap` is empty."""
+    usage_batch_size: int = 500
+    """Most usage events stored with one INSERT."""
+    spool_poll_interval_s: float = 0.1
+    """How often an idle spool is polled for new events."""
+    span_batch_size: int = 1000
+    """Spans written with one INSERT; a full batch is written at once."""
+    span_flush_interval_s: float = 0.2
+    """Longest a span waits in the buffer before it is written."""
+    span_buffer_limit: int = 100_000
+    """Spans held while ClickHouse is down; beyond it Export answers UNAVAILABLE so exporters retry."""
+    retry_initial_s: float = 0.2
+    """First wait after a failed ClickHouse write; doubles per failure."""
+    retry_max_s: float = 5.0
+    """Longest wait between ClickHouse write retries."""
+    max_result_rows: int = 10_000
+    """Most rows one QueryCosts or GetTrace answer returns."""
+    otlp_endpoint: str = ""
+    """Where trace-ingest exports its own spans (OTLP/gRPC, e.g. its own address); empty: not exported."""
+    log_level: str = "info"
+    """Log level of the JSON logs on stderr."""
+    grace_s: float = 10.0
+    """How long in-flight calls may run after a stop signal."""
+
+
+def load_trace_ingest_settings() -> TraceIngestSettings:
+    """Settings from the environment (`INTERLOCK_TRACEINGEST_PORT=50054` etc.)."""
+    return load_settings(TraceIngestSettings, ENV_PREFIX)

@@ -1,0 +1,174 @@
+"""Chat validation, worst-case sizing and the admit/reserve/call/settle flow, with fake ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from interlock.errors import BudgetExceededError, InvalidArgumentError, RateLimitedError, UpstreamError
+from interlock.services.router.domain.chat import MAX_PROMPT_BYTES, ChatCall, input_token_bound, validate_chat
+from interlock.services.router.domain.flow import Admission, Caller, ChatFlow, ChatResult, Reservation
+from interlock.services.router.domain.provider import (
+    ChatMessage,
+    ProviderError,
+    ProviderRequest,
+    ProviderResponse,
+    StreamDelta,
+    StreamEnd,
+    StreamItem,
+    TokenUsage,
+)
+from interlock.services.router.domain.routing import (
+    RoutingConfigError,
+    default_routing_document,
+    parse_routing_config,
+)
+
+CONFIG = parse_routing_config(default_routing_document("http://127.0.0.1:1/v1"), "test")
+CALLER = Caller("default", "search", "alice", "k1")
+
+
+def call(**overrides: object) -> ChatCall:
+    args: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "messages": [ChatMessage("user", "hello")],
+        "max_tokens": 16,
+        "temperature": None,
+        "request_id": "r1",
+        "run_id": "",
+        "agent": "",
+    }
+    args.update(overrides)
+    return validate_chat(CONFIG, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"messages": []}, "params.messages"),
+        ({"model": "no-such-model"}, "params.model"),
+        ({"model": ""}, "params.model"),
+        ({"max_tokens": -1}, "params.max_tokens"),
+        ({"max_tokens": 0}, "params.max_tokens"),
+        ({"messages": [ChatMessage("user", "x" * (MAX_PROMPT_BYTES + 1))]}, "params.messages[0].content"),
+        ({"messages": [ChatMessage("wizard", "x")]}, "params.messages[0].role"),
+        ({"temperature": 3.0}, "params.temperature"),
+        ({"request_id": "has space"}, "params.request_id"),
+    ],
+)
+def test_bad_input_names_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        call(**overrides)
+    assert info.value.field == field
+
+
+def test_routing_config_rejects_unpriced_and_dangling_models() -> None:
+    doc = default_routing_document("http://x/v1")
+    doc["models"] = [{"name": "m", "provider": "openai", "upstream_model": "no-such-model-anywhere"}]
+    with pytest.raises(RoutingConfigError, match=r"models\[0\]\.price"):
+        parse_routing_config(doc, "v")
+    doc["models"] = [{"name": "m", "provider": "nobody"}]
+    with pytest.raises(RoutingConfigError, match=r"models\[0\]\.provider"):
+        parse_routing_config(doc, "v")
+
+
+def test_input_bound_covers_bytes_and_framing() -> None:
+    msgs = [ChatMessage("user", "héllo wörld"), ChatMessage("system", "be brief")]
+    assert input_token_bound(msgs) >= len("héllo wörld".encode()) + len("be brief")
+
+
+class Ports:
+    def __init__(self, admit: bool = True, grant: bool = True) -> None:
+        self.admit_ok, self.grant = admit, grant
+        self.log: list[tuple[str, object]] = []
+
+    async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+        return Admission(True) if self.admit_ok else Admission(False, "api_key", 1.5)
+
+    async def reserve(self, request_id: str, caller: Caller, amount: int, timeout_s: float | None) -> Reservation:
+        self.log.append(("reserve", amount))
+        return Reservation(True) if self.grant else Reservation(False, "project:default/search", 3)
+
+    async def commit(self, call: ChatCall, provider: str, usage: TokenUsage, cost: int) -> None:
+        self.log.append(("commit", cost))
+
+    async def release(self, request_id: str) -> None:
+        self.log.append(("release", request_id))
+
+
+class Provider:
+    name = "openai"
+
+    def __init__(self, fail: ProviderError | None = None) -> None:
+        self.fail = fail
+
+    async def chat(self, request: ProviderRequest) -> ProviderResponse:
+        if self.fail:
+            raise self.fail
+        return ProviderResponse("hi there", "stop", TokenUsage(3, 2))
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+        yield StreamDelta("hi ")
+        if self.fail:
+            raise self.fail
+        yield StreamDelta("there")
+        yield StreamEnd("stop", TokenUsage(3, 2))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def flow(ports: Ports, provider: Provider) -> ChatFlow:
+    return ChatFlow(ports, ports, {"openai": provider}, lambda _: 10.0)
+
+
+async def test_success_reserves_worst_case_and_commits_actual() -> None:
+    ports = Ports()
+    c = call()
+    result = await flow(ports, Provider()).chat(CALLER, c, None)
+    actual = c.route.pricing.cost_nanos(3, 2)
+    assert result.cost_nanos == actual
+    assert ports.log == [("reserve", flow(ports, Provider()).worst_case_nanos(c)), ("commit", actual)]
+    assert ports.log[0][1] > actual  # type: ignore[operator]
+
+
+async def test_rate_limited_releases_the_reservation() -> None:
+    ports = Ports(admit=False)
+    with pytest.raises(RateLimitedError) as info:
+        await flow(ports, Provider()).chat(CALLER, call(), None)
+    assert info.value.retry_after_s == 1.5
+    assert ports.log[-1] == ("release", "r1")
+
+
+async def test_over_budget_is_refused_before_the_provider() -> None:
+    ports = Ports(grant=False)
+    provider = Provider(fail=ProviderError("openai", "unavailable", "must not be called"))
+    with pytest.raises(BudgetExceededError) as info:
+        await flow(ports, provider).chat(CALLER, call(), None)
+    assert info.value.metadata["scope"] == "project:default/search"
+    assert ("release", "r1") not in ports.log
+
+
+async def test_provider_failure_releases_and_maps_to_upstream_error() -> None:
+    ports = Ports()
+    with pytest.raises(UpstreamError):
+        await flow(ports, Provider(fail=ProviderError("openai", "unavailable", "503", 503))).chat(CALLER, call(), None)
+    assert [k for k, _ in ports.log] == ["reserve", "release"]
+
+
+async def test_stream_yields_deltas_then_result_and_commits_once() -> None:
+    ports = Ports()
+    items = [i async for i in flow(ports, Provider()).stream(CALLER, call(), None)]
+    assert items[:2] == ["hi ", "there"]
+    assert isinstance(items[-1], ChatResult) and items[-1].text == "hi there"
+    assert [k for k, _ in ports.log] == ["reserve", "commit"]
+
+
+async def test_stream_cut_by_provider_releases() -> None:
+    ports = Ports()
+    with pytest.raises(UpstreamError):
+        async for _ in flow(ports, Provider(fail=ProviderError("openai", "protocol", "cut"))).stream(
+            CALLER, call(), None
+        ):
+            pass
+    assert [k for k, _ in ports.log] == ["reserve", "release"]
