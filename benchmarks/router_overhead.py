@@ -122,9 +122,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "p90_ms": round(pct(lat, 90), 3),
             "p99_ms": round(pct(lat, 99), 3),
         }
-    d, r = summary["direct"], summary["router"]
-    assert isinstance(d, dict) and isinstance(r, dict)
-    summary["added_ms"] = {k: round(r[k] - d[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms")}
+    direct_row, router_row = summary["direct"], summary["router"]
+    assert isinstance(direct_row, dict) and isinstance(router_row, dict)
+    summary["added_ms"] = {k: round(router_row[k] - direct_row[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms")}
     return summary
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
+
 from interlock.devservers import ClickHouseServer, DevServerError, KafkaBroker, ManagedProcess, RedisServer
 
 _Server = TypeVar("_Server", bound=ManagedProcess)

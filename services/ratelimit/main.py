@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import yaml
+
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.ratelimit.v1 import ratelimit_pb2

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.router.v1 import router_pb2

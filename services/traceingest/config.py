@@ -19,7 +19,7 @@ class TraceIngestSettings:
     """gRPC port; 0 picks a free one."""
     clickhouse_url: str = ""
     """ClickHouse HTTP URL (`http://user:password@host:8123`); empty runs ClickHouse in-process (chdb)."""
-    chdb_path: str = "var/traceingest/chdb"
+    chdb_path: str = "var/chdb"
     """Data directory of the in-process ClickHouse, used when `clickhouse_url` is empty."""
     database: str = "interlock"
     """ClickHouse database holding `usage_events` and `spans`; created if missing."""
@@ -29,8 +29,8 @@ class TraceIngestSettings:
     """Kafka topic of usage events."""
     consumer_group: str = "interlock-trace-ingest"
     """Kafka consumer group, and the spool's consumer group name."""
-    spool_path: str = "var/usage-spool.sqlite3"
-    """The local usage spool (SQLite file) shared with budget, used when `kafka_bootstrap` is empty."""
+    spool_path: str = "var/spool/usage.db"
+    """The local usage spool (SQLite file) budget appends to; used when `kafka_bootstrap` is empty."""
     usage_batch_size: int = 500
     """Most usage events stored with one INSERT."""
     spool_poll_interval_s: float = 0.1

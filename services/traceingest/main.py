@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
+
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, EmbeddedClickHouse, HttpClickHouse
@@ -19,8 +22,6 @@ from interlock.services.traceingest.api.traceingest import SERVICE, TraceIngestS
 from interlock.services.traceingest.api.usage_events import decode_usage_event
 from interlock.services.traceingest.config import TraceIngestSettings, load_trace_ingest_settings
 from interlock.spool import UsageSpool
-from opentelemetry import trace
-from opentelemetry.trace import TracerProvider
 
 SERVICE_NAME = "trace-ingest"
 
@@ -65,7 +66,14 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
         consumer = SpoolUsageConsumer(
             UsageSpool(Path(settings.spool_path)),
             settings.consumer_group,
-            UsageIngestor(store, decode_usage_event, process_span_name="spool process", backoff=backoff, tracer=tracer),
+            UsageIngestor(
+                store,
+                decode_usage_event,
+                process_span_name=f"{settings.usage_topic} process",
+                backoff=backoff,
+                tracer=tracer,
+            ),
+            destination=settings.usage_topic,
             max_records=settings.usage_batch_size,
             poll_interval_s=settings.spool_poll_interval_s,
             backoff=backoff,

@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
-import interlock
 import pytest
+
+import interlock
 from interlock.mesh import Mesh
 from interlock.router.v1 import router_pb2
 from interlock.testing import auth, chat_params, create_key, router_stub, start_mesh, wait_for

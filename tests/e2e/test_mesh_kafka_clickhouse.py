@@ -14,6 +14,7 @@ from typing import Any
 import clickhouse_connect
 import grpc
 import pytest
+
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.mesh import Mesh
 from interlock.router.v1 import router_pb2

@@ -21,6 +21,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
 from interlock.devservers import ClickHouseServer, free_port
 from interlock.errors import InvalidArgumentError, from_rpc_error
 from interlock.services.traceingest.config import TraceIngestSettings
@@ -30,13 +38,6 @@ from interlock.spool import UsageSpool
 from interlock.traceingest.v1 import traceingest_pb2 as pb
 from interlock.traceingest.v1.traceingest_pb2_grpc import TraceIngestServiceStub
 from interlock.usage.v1.usage_pb2 import UsageEvent
-from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
 
 if TYPE_CHECKING:
     from interlock.traceingest.v1.traceingest_pb2_grpc import TraceIngestServiceAsyncStub

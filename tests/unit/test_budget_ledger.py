@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from interlock.errors import FailedPreconditionError, NotFoundError
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.domain.model import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from interlock._wire import find_invalid_utf8, parse_request
 from interlock.errors import (
     BudgetExceededError,

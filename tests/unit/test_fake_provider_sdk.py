@@ -8,8 +8,9 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
-from interlock.services.fakeprovider import serve_fake_provider
 from openai.types.chat import ChatCompletionMessageParam
+
+from interlock.services.fakeprovider import serve_fake_provider
 
 # One server for the module: starting and stopping uvicorn costs ~0.2 s.
 pytestmark = pytest.mark.asyncio(loop_scope="module")

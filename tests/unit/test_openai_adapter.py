@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+
 from interlock.services.fakeprovider import serve_fake_provider
 from interlock.services.router.adapters.openai import OpenAIProvider
 from interlock.services.router.domain.provider import (

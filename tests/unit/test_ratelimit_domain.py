@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from interlock.services.ratelimit.adapters.stores import MemoryCounterStore
 from interlock.services.ratelimit.domain.limits import (
     HitRequest,

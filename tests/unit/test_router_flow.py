@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from interlock.errors import BudgetExceededError, InvalidArgumentError, RateLimitedError, UpstreamError
 from interlock.services.router.domain.chat import MAX_PROMPT_BYTES, ChatCall, input_token_bound, validate_chat
 from interlock.services.router.domain.flow import Admission, Caller, ChatFlow, ChatResult, Reservation

@@ -9,15 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from interlock.services.traceingest.adapters.clickhouse import ClickHouseError, QueryParams
-from interlock.services.traceingest.adapters.retry import Backoff
-from interlock.services.traceingest.adapters.span_writer import SpanWriter
-from interlock.services.traceingest.adapters.store import TraceStore
-from interlock.services.traceingest.adapters.usage_ingest import InboundRecord, UsageIngestor
-from interlock.services.traceingest.api.otlp import spans_from_request
-from interlock.services.traceingest.api.usage_events import decode_usage_event
-from interlock.services.traceingest.domain import REDACTED, SpanRecord
-from interlock.usage.v1.usage_pb2 import UsageEvent
 from opentelemetry import propagate, trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
@@ -27,6 +18,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from interlock.services.traceingest.adapters.clickhouse import ClickHouseError, QueryParams
+from interlock.services.traceingest.adapters.retry import Backoff
+from interlock.services.traceingest.adapters.span_writer import SpanWriter
+from interlock.services.traceingest.adapters.store import TraceStore
+from interlock.services.traceingest.adapters.usage_ingest import InboundRecord, UsageIngestor
+from interlock.services.traceingest.api.otlp import spans_from_request
+from interlock.services.traceingest.api.usage_events import decode_usage_event
+from interlock.services.traceingest.domain import REDACTED, SpanRecord
+from interlock.usage.v1.usage_pb2 import UsageEvent
 
 FAST = Backoff(initial_s=0.01, max_s=0.02)
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+
 from interlock.errors import InvalidArgumentError
 from interlock.services.traceingest.domain import (
     ALLOWED_DIMENSIONS,

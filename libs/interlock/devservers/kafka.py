@@ -227,7 +227,9 @@ class KafkaBroker(ManagedProcess):
         ]
 
     def _format(self, props: Path) -> None:
-        cmd = [*self._java_base(), "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(props)]
+        # `--cluster-id=` form: a random id may start with "-", which would read as a flag.
+        cluster_id = f"--cluster-id={_cluster_id()}"
+        cmd = [*self._java_base(), "kafka.tools.StorageTool", "format", cluster_id, "-c", str(props)]
         done = subprocess.run(cmd, cwd=self.data_dir, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise DevServerError(f"kafka: storage format failed:\n{(done.stdout + done.stderr)[-4000:]}")

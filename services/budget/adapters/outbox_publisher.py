@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import context, propagate
+
 from interlock.services.budget.adapters.sqlite_ledger import OutboxEntry, SqliteLedger
 from interlock.services.budget.adapters.usage_sink import UsageSink
 from interlock.services.budget.domain.usage import SettledUsage
 from interlock.usage.v1 import usage_pb2
-from opentelemetry import context, propagate
 
 log = logging.getLogger("interlock.budget.outbox")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from interlock.spool import UsageSpool
 from opentelemetry import propagate, trace
+
+from interlock.spool import UsageSpool
 
 _tracer = trace.get_tracer("interlock.budget")
 

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry import propagate
+
 from interlock._telemetry import current_trace_id
 from interlock.budget.v1 import budget_pb2
 from interlock.errors import AuthenticationError, InvalidArgumentError
@@ -22,7 +24,6 @@ from interlock.services.budget.domain.model import (
     split_api_key,
 )
 from interlock.services.budget.domain.usage import SettledUsage
-from opentelemetry import propagate
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]

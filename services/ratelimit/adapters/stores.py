@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
+
 from interlock.services.ratelimit.domain.limits import WindowCharge
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from interlock.errors import InvalidArgumentError
 from interlock.ratelimit.v1 import ratelimit_pb2
 from interlock.services.ratelimit.adapters.stores import CounterStore

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 
 import grpc
+
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError
 from interlock.router.v1 import router_pb2

@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import Sequence
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+
 from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, log_if_crashed, sleep_unless
 from interlock.services.traceingest.adapters.store import TraceStore
 from interlock.services.traceingest.domain import SpanRecord
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 log = logging.getLogger("interlock.traceingest.spans")
 

@@ -17,7 +17,10 @@ log = logging.getLogger("interlock.traceingest.spool")
 
 
 class SpoolUsageConsumer:
-    """Polls `spool` every `poll_interval_s` as consumer group `group`."""
+    """Polls `spool` every `poll_interval_s` as consumer group `group`.
+
+    `destination` is the topic the events stand for, as the producer names it on its span.
+    """
 
     def __init__(
         self,
@@ -25,6 +28,7 @@ class SpoolUsageConsumer:
         group: str,
         ingestor: UsageIngestor,
         *,
+        destination: str = "interlock.usage.v1",
         max_records: int = 500,
         poll_interval_s: float = 0.1,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -32,6 +36,7 @@ class SpoolUsageConsumer:
         self.spool = spool
         self.group = group
         self.ingestor = ingestor
+        self.destination = destination
         self.max_records = max_records
         self.poll_interval_s = poll_interval_s
         self.backoff = backoff
@@ -74,8 +79,8 @@ class SpoolUsageConsumer:
             value=record.value,
             headers=record.headers,
             attributes={
-                "messaging.system": "interlock_spool",
-                "messaging.destination.name": self.spool.path.name,
+                "messaging.system": "interlock.spool",
+                "messaging.destination.name": self.destination,
                 "messaging.consumer.group.name": self.group,
                 "interlock.spool.offset": record.offset,
                 "messaging.message.id": record.key,

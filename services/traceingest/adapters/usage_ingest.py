@@ -15,13 +15,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_until_stopped
-from interlock.services.traceingest.adapters.store import USAGE_TABLE, TraceStore
-from interlock.services.traceingest.domain import UsageRecord
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_until_stopped
+from interlock.services.traceingest.adapters.store import USAGE_TABLE, TraceStore
+from interlock.services.traceingest.domain import UsageRecord
 
 log = logging.getLogger("interlock.traceingest.usage")
 _tracer = trace.get_tracer("interlock.services.traceingest")

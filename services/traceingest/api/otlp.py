@@ -11,6 +11,10 @@ import json
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
 from interlock.services.traceingest.adapters.span_writer import SpanWriter
 from interlock.services.traceingest.domain import (
     REDACTED,
@@ -19,9 +23,6 @@ from interlock.services.traceingest.domain import (
     is_secret_value,
     redact_attributes,
 )
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 SERVICE_NAME = "opentelemetry.proto.collector.trace.v1.TraceService"
 _UNKNOWN_SERVICE = "unknown_service"

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from interlock.errors import InvalidArgumentError, UnavailableError
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseError
 from interlock.services.traceingest.adapters.store import TraceStore
