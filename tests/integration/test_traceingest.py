@@ -362,9 +362,9 @@ async def test_embedded_mode_spool_and_chdb_end_to_end(
             ]
 
             mine = [s for s in service_spans.get_finished_spans() if s.context.trace_id == publish.context.trace_id]
-            assert {s.name for s in mine} >= {"spool process", INSERT}
+            assert {s.name for s in mine} >= {"interlock.usage.v1 process", INSERT}
             await _export_spans(port, [publish, *mine])
-            await _trace_names(stub, trace_id, {"spool publish", "spool process", INSERT})
+            await _trace_names(stub, trace_id, {"spool publish", "interlock.usage.v1 process", INSERT})
 
         # Committed records were pruned; the data outlives a restart in the chdb directory.
         assert await spool.read(settings.consumer_group, 10) == []

@@ -8,6 +8,7 @@ by default, because budgets are hard.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -79,7 +80,9 @@ class BudgetClient:
 
     async def authenticate(self, api_key: str) -> Caller:
         now = time.monotonic()
-        hit = self._auth_cache.get(api_key)
+        # Cache by digest so the process never keeps a table of plaintext keys.
+        cache_key = hashlib.sha256(api_key.encode()).hexdigest()
+        hit = self._auth_cache.get(cache_key)
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
@@ -93,8 +96,8 @@ class BudgetClient:
             raise err from None
         p = response.principal
         caller = Caller(p.org, p.project, p.developer, p.api_key_id)
-        self._auth_cache[api_key] = (now + self._auth_ttl, caller)
-        self._auth_cache.move_to_end(api_key)
+        self._auth_cache[cache_key] = (now + self._auth_ttl, caller)
+        self._auth_cache.move_to_end(cache_key)
         while len(self._auth_cache) > 10_000:
             self._auth_cache.popitem(last=False)
         return caller
