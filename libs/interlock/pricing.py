@@ -47,7 +47,18 @@ class ModelPricing:
             raise UnknownPriceError(f"no price for model {model_ref!r} at provider {provider_id!r}") from exc
         return cls(provider_id=provider_id, model_ref=model_ref, price=found.model_price)
 
-    def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
-        """Cost of a call in nano-dollars, rounded up."""
-        total = self.price.calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens))["total_price"]
-        return usd_to_nanos(total)
+    def cost_nanos(
+        self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
+        """Cost of a call in nano-dollars, rounded up.
+
+        `input_tokens` counts all input, cached or not; the cached and cache-write parts are
+        priced at the model's cache rates where genai-prices has them.
+        """
+        usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cached_input_tokens or None,
+            cache_write_tokens=cache_write_tokens or None,
+        )
+        return usd_to_nanos(self.price.calc_price(usage)["total_price"])

@@ -369,6 +369,9 @@ class FakeProviderApp:
         )
         self._ids = itertools.count(1)
         self._request_ids = itertools.count(1)
+        from .mounts import provider_apps
+
+        self._mounts = provider_apps()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -379,6 +382,10 @@ class FakeProviderApp:
             return
         method: str = scope["method"]
         path: str = scope["path"]
+        for prefix, app in self._mounts.items():
+            if path.startswith(prefix + "/"):
+                await app({**scope, "path": path[len(prefix) :], "root_path": prefix}, receive, send)
+                return
         authorization = b""
         fault_spec = b""
         request_id = b""
