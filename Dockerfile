@@ -12,7 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # Only what the wheel is made of. setup.py runs scripts/gen_protos.py on protos/, so the
 # gRPC stubs are generated here, inside the build, never copied from a work tree.
-COPY pyproject.toml setup.py ./
+COPY pyproject.toml setup.py README.md ./
 COPY scripts/gen_protos.py scripts/
 COPY protos/ protos/
 COPY libs/ libs/
