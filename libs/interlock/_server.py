@@ -110,7 +110,10 @@ class GrpcService:
     extra_registrations: Sequence[Callable[[grpc.aio.Server], None]] = ()
     """Servicers registered by their own generated code (e.g. OTLP TraceService)."""
     on_start: Sequence[Callable[[], Awaitable[None]]] = ()
+    on_draining: Sequence[Callable[[], Awaitable[None]]] = ()
+    """Run when a stop begins, alongside the gRPC drain (e.g. stop an HTTP facade gracefully)."""
     on_stop: Sequence[Callable[[], Awaitable[None]]] = ()
+    """Run after in-flight calls finished: close clients and stores."""
     grace_s: float = 10.0
     """How long in-flight calls may run after a stop signal."""
     bound_port: int = field(default=0, init=False)
@@ -153,7 +156,7 @@ class GrpcService:
         finally:
             log.info("stopping", extra={"fields": {"grace_s": self.grace_s}})
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(self.grace_s)
+            await asyncio.gather(server.stop(self.grace_s), *(hook() for hook in self.on_draining))
             for hook in self.on_stop:
                 try:
                     await hook()

@@ -263,6 +263,48 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+# models
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from interlock.router.v1 import router_pb2, router_pb2_grpc
+
+    key = args.api_key or os.environ.get("INTERLOCK_API_KEY", "")
+    if not key:
+        return _fail("an API key is needed: pass --api-key or set INTERLOCK_API_KEY", 2)
+    with grpc.insecure_channel(_target(args, "router")) as channel:
+        try:
+            response = router_pb2_grpc.RouterServiceStub(channel).ListModels(
+                router_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return _fail(str(from_rpc_error(exc)))
+    rows = [
+        {
+            "model": m.name,
+            "provider": m.provider,
+            "upstream_model": m.upstream_model,
+            "context_window": m.context_window or None,
+            "input_usd_per_mtok": m.input_usd_per_mtok or None,
+            "output_usd_per_mtok": m.output_usd_per_mtok or None,
+            "cached_input_usd_per_mtok": m.cached_input_usd_per_mtok or None,
+            "price_source": m.price_source,
+        }
+        for m in response.models
+    ]
+    if args.json:
+        _print_json({"config_version": response.config_version, "models": rows})
+        return 0
+    columns = ["model", "provider", "context_window", "input_usd_per_mtok", "output_usd_per_mtok", "price_source"]
+    table = [{c: "-" if r[c] is None else str(r[c]) for c in columns} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in table)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in table:
+        print("  ".join(r[c].ljust(widths[c]) for c in columns))
+    print(f"(routing config {response.config_version})")
+    return 0
+
+
 # up
 
 
@@ -363,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument("--project")
     targets(costs, "traceingest")
     costs.set_defaults(func=cmd_costs)
+
+    models = sub.add_parser("models", help="routable models with provider, context window and prices")
+    models.add_argument("--api-key", help="default: $INTERLOCK_API_KEY")
+    targets(models, "router")
+    models.set_defaults(func=cmd_models)
 
     chat = sub.add_parser("chat", help="send one prompt through the router")
     chat.add_argument("prompt")

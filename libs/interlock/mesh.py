@@ -30,6 +30,8 @@ class MeshConfig:
     """Ledger, spool, embedded ClickHouse data and logs live here."""
     host: str = "127.0.0.1"
     router_port: int = 50051
+    router_http_port: int = 8080
+    """The router's OpenAI/Anthropic-compatible HTTP facade."""
     ratelimit_port: int = 50052
     budget_port: int = 50053
     traceingest_port: int = 50054
@@ -88,6 +90,7 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
     else:
         specific = {
             "PORT": str(cfg.router_port),
+            "HTTP_PORT": str(cfg.router_http_port),
             "RATELIMIT_TARGET": cfg.target("ratelimit"),
             "BUDGET_TARGET": cfg.target("budget"),
             "ROUTING_PATH": cfg.routing_path,

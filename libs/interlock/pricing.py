@@ -34,18 +34,44 @@ class ModelPricing:
     """The price of one model at one provider, resolved once when routing config loads."""
 
     provider_id: str
-    """genai-prices provider id, e.g. `openai`."""
+    """genai-prices provider id, e.g. `openai`; `custom` for prices given in config."""
     model_ref: str
     """genai-prices model reference, e.g. `gpt-4o-mini`."""
     price: ModelPrice
+    context_window: int | None = None
+    """Input + output tokens the model takes, when known."""
 
     @classmethod
-    def resolve(cls, provider_id: str, model_ref: str) -> ModelPricing:
+    def resolve(cls, provider_id: str, model_ref: str, context_window: int | None = None) -> ModelPricing:
         try:
             found = calc_price(Usage(input_tokens=0, output_tokens=0), model_ref=model_ref, provider_id=provider_id)
         except LookupError as exc:
             raise UnknownPriceError(f"no price for model {model_ref!r} at provider {provider_id!r}") from exc
-        return cls(provider_id=provider_id, model_ref=model_ref, price=found.model_price)
+        window = context_window or found.model.context_window
+        return cls(provider_id=provider_id, model_ref=model_ref, price=found.model_price, context_window=window)
+
+    @classmethod
+    def custom(
+        cls,
+        model_ref: str,
+        input_usd_per_mtok: Decimal,
+        output_usd_per_mtok: Decimal,
+        cached_input_usd_per_mtok: Decimal | None = None,
+        context_window: int | None = None,
+    ) -> ModelPricing:
+        """Prices for private or self-hosted models that no public table lists."""
+        price = ModelPrice(
+            input_mtok=input_usd_per_mtok, output_mtok=output_usd_per_mtok, cache_read_mtok=cached_input_usd_per_mtok
+        )
+        return cls(provider_id="custom", model_ref=model_ref, price=price, context_window=context_window)
+
+    def usd_per_mtok(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        """(input, output, cached input) list prices per million tokens; None when tiered or absent."""
+
+        def flat(value: object) -> Decimal | None:
+            return value if isinstance(value, Decimal) else None
+
+        return flat(self.price.input_mtok), flat(self.price.output_mtok), flat(self.price.cache_read_mtok)
 
     def cost_nanos(
         self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0, cache_write_tokens: int = 0

@@ -32,6 +32,7 @@ def start_mesh(
     cfg = MeshConfig(
         data_dir=data_dir,
         router_port=free_port(),
+        router_http_port=free_port(),
         ratelimit_port=free_port(),
         budget_port=free_port(),
         traceingest_port=free_port(),

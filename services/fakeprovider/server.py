@@ -5,24 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
-import uvicorn
+from interlock._http import EmbeddedHttpServer
 
 from .app import DEFAULT_MODELS, FakeProviderApp
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal capture: stopping is the owner's business.
-
-    uvicorn swaps in its own SIGINT/SIGTERM handlers while serving, which inside a test
-    process would swallow Ctrl+C; callers here stop it with `should_exit` instead.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 class FakeProviderServer:
@@ -34,63 +21,21 @@ class FakeProviderServer:
         port: int = 0,
         models: Sequence[str] = DEFAULT_MODELS,
     ) -> None:
-        self._host = host
-        self._port = port
-        self._models = tuple(models)
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHttpServer(FakeProviderApp(models), host, port)
 
     @property
     def base_url(self) -> str:
         """`http://host:port/v1`, the value for an OpenAI client's base_url (after start)."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}/v1"
+        return self._http.base_url + "/v1"
 
     async def start(self) -> str:
         """Bind, serve in a background task and return the base URL."""
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
-        # IPPROTO_TCP, and without it Nagle + delayed ACK add ~40 ms to every reused connection.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]  # the real port when 0 was asked
-        config = uvicorn.Config(
-            FakeProviderApp(self._models),
-            lifespan="off",
-            http="auto",  # httptools when installed (it is a dependency): faster than h11
-            log_config=None,  # leave the host process's logging alone
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            # Longer than clients' keepalive so a pooled connection is not closed under a request.
-            timeout_keep_alive=75,
-            timeout_graceful_shutdown=2,
-            backlog=4096,
-        )
-        server = _Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]), name="fakeprovider")
-        while not server.started:
-            if task.done():
-                sock.close()
-                task.result()  # raises the startup error
-                raise RuntimeError("fake provider stopped while starting")
-            await asyncio.sleep(0.002)
-        self._server, self._task = server, task
+        await self._http.start()
         return self.base_url
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (2 s at most) and close."""
-        server, task = self._server, self._task
-        self._server = self._task = None
-        if server is None or task is None:
-            return
-        server.should_exit = True
-        await task
+        await self._http.stop()
 
 
 @contextlib.asynccontextmanager

@@ -15,8 +15,14 @@ class RouterSettings:
     """gRPC port callers use; 0 picks a free one."""
     routing_path: str = ""
     """YAML routing config (providers and models); empty routes the default models to the fake provider."""
+    price_overrides_path: str = ""
+    """YAML of custom prices for private models: {models: {NAME: {input_per_mtok, output_per_mtok, ...}}}."""
     fake_provider_url: str = "http://127.0.0.1:8089/v1"
     """Base URL of the built-in fake provider, used when no routing config is given."""
+    http_host: str = "127.0.0.1"
+    """Interface of the OpenAI/Anthropic-compatible HTTP facade."""
+    http_port: int = 8080
+    """Port of the HTTP facade; 0 picks a free one, -1 turns the facade off."""
     ratelimit_target: str = "127.0.0.1:50052"
     """Rate-limiter gRPC address."""
     ratelimit_fail_open: bool = True

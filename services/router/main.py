@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from interlock._http import EmbeddedHttpServer
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.router.v1 import router_pb2
 from interlock.services.router import config
 from interlock.services.router.adapters.mesh_clients import BudgetClient, RateLimitClient
 from interlock.services.router.adapters.openai import OpenAIProvider
+from interlock.services.router.api.http_facade import HttpFacade
 from interlock.services.router.api.servicer import RouterServicer
 from interlock.services.router.domain.flow import ChatFlow
 from interlock.services.router.domain.provider import ChatProvider
@@ -27,6 +30,8 @@ from interlock.services.router.domain.routing import (
     default_routing_document,
     parse_routing_config,
 )
+
+log = logging.getLogger("interlock.router")
 
 # Local OpenAI-compatible servers (the built-in fake, vLLM, llama.cpp) take any bearer token.
 _NO_KEY = "interlock-no-key"
@@ -40,8 +45,14 @@ def load_routing(settings: config.RouterSettings) -> RoutingConfig:
             raise RoutingConfigError(f"{settings.routing_path}: must be a YAML mapping")
     else:
         document = default_routing_document(settings.fake_provider_url)
-    version = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
-    return parse_routing_config(document, version)
+    overrides: Any = {}
+    if settings.price_overrides_path:
+        loaded = yaml.safe_load(Path(settings.price_overrides_path).read_text()) or {}
+        overrides = loaded.get("models", {}) if isinstance(loaded, dict) else None
+        if not isinstance(overrides, dict):
+            raise RoutingConfigError(f"{settings.price_overrides_path}: must be a mapping with `models`")
+    version = hashlib.sha256(json.dumps([document, overrides], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return parse_routing_config(document, version, overrides)
 
 
 def build_provider(cfg: ProviderConfig) -> ChatProvider:
@@ -58,6 +69,25 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
     budget = BudgetClient(settings.budget_target, settings.auth_cache_ttl_s)
     flow = ChatFlow(ratelimit, budget, providers, lambda name: routing.providers[name].timeout_s)
     servicer = RouterServicer(routing, flow, budget)
+    facade = (
+        EmbeddedHttpServer(
+            HttpFacade(lambda: servicer.config, flow, budget.authenticate),
+            settings.http_host,
+            settings.http_port,
+            grace_s=settings.grace_s,
+        )
+        if settings.http_port >= 0
+        else None
+    )
+
+    async def start_facade() -> None:
+        if facade is not None:
+            url = await facade.start()
+            log.info("HTTP facade serving", extra={"fields": {"address": url}})
+
+    async def stop_facade() -> None:
+        if facade is not None:
+            await facade.stop()
 
     async def close() -> None:
         for provider in providers.values():
@@ -70,6 +100,8 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         host=settings.host,
         port=settings.port,
         services=[(router_pb2.DESCRIPTOR.services_by_name["RouterService"], servicer)],
+        on_start=[start_facade],
+        on_draining=[stop_facade],
         on_stop=[close],
         grace_s=settings.grace_s,
     )

@@ -140,3 +140,49 @@ def test_every_service_serves_health_and_reflection(mesh: Mesh) -> None:
                 health_pb2.HealthCheckRequest(service=service), timeout=5
             )
             assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_models_cli_lists_routes_with_genai_prices(mesh: Mesh) -> None:
+    from genai_prices import Usage, calc_price
+
+    key = create_key(mesh, "models", "mia")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interlock.cli",
+            "models",
+            "--json",
+            "--api-key",
+            key,
+            f"--router-target={mesh.cfg.target('router')}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    by_name = {m["model"]: m for m in listing["models"]}
+    mini = by_name["gpt-4o-mini"]
+    price = calc_price(
+        Usage(input_tokens=1_000_000, output_tokens=1_000_000), model_ref="gpt-4o-mini", provider_id="openai"
+    )
+    assert Decimal(mini["input_usd_per_mtok"]) == price.input_price
+    assert Decimal(mini["output_usd_per_mtok"]) == price.output_price
+    assert mini["provider"] == "openai" and mini["context_window"] > 0
+    denied = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interlock.cli",
+            "models",
+            "--api-key",
+            "wrong",
+            f"--router-target={mesh.cfg.target('router')}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert denied.returncode == 1 and "unauthenticated" in denied.stderr

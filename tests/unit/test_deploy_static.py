@@ -51,7 +51,7 @@ IMAGES: dict[str, ServiceSettings | None] = {
 }
 # Path settings that are inputs the operator mounts; every other `*_path` field is state the
 # service writes, so in a pod with a read-only root it must lie on a writable volume.
-INPUT_PATH_FIELDS = frozenset({"routing_path", "limits_path"})
+INPUT_PATH_FIELDS = frozenset({"routing_path", "limits_path", "price_overrides_path"})
 DEPRECATED_KUSTOMIZE_KEYS = frozenset(
     {"bases", "patchesStrategicMerge", "patchesJson6902", "commonLabels", "vars", "imageTags"}
 )

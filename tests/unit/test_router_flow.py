@@ -82,9 +82,13 @@ class Ports:
     def __init__(self, admit: bool = True, grant: bool = True) -> None:
         self.admit_ok, self.grant = admit, grant
         self.log: list[tuple[str, object]] = []
+        self.usage_records: list[TokenUsage] = []
 
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         return Admission(True) if self.admit_ok else Admission(False, "api_key", 1.5)
+
+    async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
+        self.usage_records.append(usage)
 
     async def reserve(self, request_id: str, caller: Caller, amount: int, timeout_s: float | None) -> Reservation:
         self.log.append(("reserve", amount))
@@ -173,3 +177,18 @@ async def test_stream_cut_by_provider_releases() -> None:
         ):
             pass
     assert [k for k, _ in ports.log] == ["reserve", "release"]
+
+
+def test_custom_prices_for_private_models_and_overrides() -> None:
+    doc = default_routing_document("http://x/v1")
+    doc["models"] = [
+        {"name": "house-llama", "provider": "openai", "price": {"input_per_mtok": 0.2, "output_per_mtok": "0.6"}},
+        {"name": "gpt-4o-mini", "provider": "openai"},
+    ]
+    config = parse_routing_config(doc, "v", {"gpt-4o-mini": {"input_per_mtok": 0.1, "output_per_mtok": 0.3}})
+    assert config.models["house-llama"].pricing.cost_nanos(1_000_000, 1_000_000) == 800_000_000
+    assert config.models["gpt-4o-mini"].pricing.cost_nanos(1_000_000, 0) == 100_000_000
+    assert config.models["gpt-4o-mini"].pricing.provider_id == "custom"
+    doc["models"] = [{"name": "m", "provider": "openai", "price": {"input_per_mtok": -1, "output_per_mtok": 1}}]
+    with pytest.raises(RoutingConfigError, match=r"models\[0\]\.price\.input_per_mtok"):
+        parse_routing_config(doc, "v")

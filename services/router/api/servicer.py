@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,12 +10,12 @@ from typing import Any
 import grpc
 
 from interlock._telemetry import current_trace_id
-from interlock.errors import AuthenticationError
+from interlock.errors import AuthenticationError, InvalidArgumentError
 from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.mesh_clients import BudgetClient
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
-from interlock.services.router.domain.provider import ChatMessage
+from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
 from interlock.services.router.domain.routing import RoutingConfig
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -44,15 +45,40 @@ class RouterServicer:
         return await self._auth.authenticate(key)
 
     def _call(self, params: router_pb2.ChatParams) -> ChatCall:
+        tools = []
+        for i, t in enumerate(params.tools):
+            try:
+                schema = json.loads(t.parameters_json) if t.parameters_json else {}
+            except ValueError:
+                schema = None
+            if not isinstance(schema, dict):
+                raise InvalidArgumentError(
+                    "must be a JSON object (a JSON Schema)", field=f"params.tools[{i}].parameters_json"
+                )
+            tools.append(ToolSpec(t.name, t.description, schema))
         return validate_chat(
             self.config,
             model=params.model,
-            messages=[ChatMessage(m.role, m.content) for m in params.messages],
+            messages=[
+                ChatMessage(
+                    m.role,
+                    m.content,
+                    tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+                    tool_call_id=m.tool_call_id,
+                    name=m.name,
+                )
+                for m in params.messages
+            ],
             max_tokens=params.max_tokens,
             temperature=params.temperature if params.HasField("temperature") else None,
             request_id=params.request_id or f"req_{uuid.uuid4().hex}",
             run_id=params.run_id,
             agent=params.agent,
+            top_p=params.top_p if params.HasField("top_p") else None,
+            stop=list(params.stop),
+            tools=tools,
+            tool_choice=params.tool_choice or None,
+            json_mode=params.json_mode,
         )
 
     @staticmethod
@@ -63,10 +89,35 @@ class RouterServicer:
             provider=result.provider,
             text=result.text,
             finish_reason=result.finish_reason,
-            usage=router_pb2.Usage(input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens),
+            usage=router_pb2.Usage(
+                input_tokens=result.usage.input_tokens,
+                output_tokens=result.usage.output_tokens,
+                cached_input_tokens=result.usage.cached_input_tokens,
+                reasoning_tokens=result.usage.reasoning_tokens,
+                cache_write_tokens=result.usage.cache_write_tokens,
+            ),
             cost_nanos=result.cost_nanos,
             trace_id=current_trace_id(),
+            tool_calls=[router_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in result.tool_calls],
         )
+
+    async def ListModels(self, request: router_pb2.ListModelsRequest, context: Ctx) -> router_pb2.ListModelsResponse:
+        await self._caller(context)
+        config = self.config
+        response = router_pb2.ListModelsResponse(config_version=config.version)
+        for name, route in sorted(config.models.items()):
+            prices = route.pricing.usd_per_mtok()
+            response.models.add(
+                name=name,
+                provider=route.provider,
+                upstream_model=route.upstream_model,
+                context_window=route.pricing.context_window or 0,
+                input_usd_per_mtok="" if prices[0] is None else str(prices[0]),
+                output_usd_per_mtok="" if prices[1] is None else str(prices[1]),
+                cached_input_usd_per_mtok="" if prices[2] is None else str(prices[2]),
+                price_source="custom" if route.pricing.provider_id == "custom" else "genai-prices",
+            )
+        return response
 
     async def Chat(self, request: router_pb2.ChatRequest, context: Ctx) -> router_pb2.ChatResponse:
         caller = await self._caller(context)
@@ -82,5 +133,11 @@ class RouterServicer:
         async for item in self._flow.stream(caller, call, context.time_remaining()):
             if isinstance(item, str):
                 yield router_pb2.ChatStreamResponse(delta=item)
+            elif isinstance(item, StreamToolCallDelta):
+                yield router_pb2.ChatStreamResponse(
+                    tool_call=router_pb2.ToolCallDelta(
+                        index=item.index, id=item.id, name=item.name, arguments=item.arguments
+                    )
+                )
             else:
                 yield router_pb2.ChatStreamResponse(done=self._response(item))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from interlock.errors import InvalidArgumentError
-from interlock.services.router.domain.provider import ChatMessage
+from interlock.services.router.domain.provider import ChatMessage, ToolSpec
 from interlock.services.router.domain.routing import ModelRoute, RoutingConfig
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -16,6 +17,9 @@ MAX_PROMPT_BYTES = 1_000_000
 MAX_MESSAGES = 1024
 MAX_OUTPUT_TOKENS = 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STOP = 16
+MAX_TOOLS = 128
 # Chat formats wrap each message in a few tokens of framing, and the reply in a few more.
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REPLY = 3
@@ -32,6 +36,11 @@ class ChatCall:
     request_id: str
     run_id: str
     agent: str
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
+    json_mode: bool = False
 
 
 def validate_chat(
@@ -44,6 +53,11 @@ def validate_chat(
     request_id: str,
     run_id: str,
     agent: str,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
+    tools: Sequence[ToolSpec] = (),
+    tool_choice: str | None = None,
+    json_mode: bool = False,
     field_prefix: str = "params.",
 ) -> ChatCall:
     """Check every field; raise InvalidArgumentError naming the first bad one."""
@@ -62,6 +76,10 @@ def validate_chat(
     for i, m in enumerate(messages):
         if m.role not in ROLES:
             raise InvalidArgumentError(f"must be one of {', '.join(ROLES)}", field=f"{f}messages[{i}].role")
+        if m.role == "tool" and not m.tool_call_id:
+            raise InvalidArgumentError(
+                "a tool message must name the call it answers", field=f"{f}messages[{i}].tool_call_id"
+            )
         size = len(m.content.encode("utf-8", "surrogatepass"))
         total += size
         if total > MAX_PROMPT_BYTES:
@@ -74,10 +92,41 @@ def validate_chat(
         raise InvalidArgumentError(f"must be at most {MAX_OUTPUT_TOKENS}", field=f"{f}max_tokens")
     if temperature is not None and not 0.0 <= temperature <= 2.0:
         raise InvalidArgumentError("must be between 0 and 2", field=f"{f}temperature")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InvalidArgumentError("must be in (0, 1]", field=f"{f}top_p")
+    if len(stop) > MAX_STOP:
+        raise InvalidArgumentError(f"must hold at most {MAX_STOP} sequences", field=f"{f}stop")
+    for i, seq in enumerate(stop):
+        if not seq:
+            raise InvalidArgumentError("must not be empty", field=f"{f}stop[{i}]")
+    if len(tools) > MAX_TOOLS:
+        raise InvalidArgumentError(f"must hold at most {MAX_TOOLS} tools", field=f"{f}tools")
+    names = set()
+    for i, tool in enumerate(tools):
+        if not _TOOL_NAME.match(tool.name):
+            raise InvalidArgumentError("must be 1-64 of letters, digits, '_' or '-'", field=f"{f}tools[{i}].name")
+        if tool.name in names:
+            raise InvalidArgumentError(f"tool {tool.name!r} appears twice", field=f"{f}tools[{i}].name")
+        names.add(tool.name)
+    if tool_choice is not None and tool_choice not in ("auto", "none", "required") and tool_choice not in names:
+        raise InvalidArgumentError("must be auto, none, required or the name of a tool", field=f"{f}tool_choice")
     for name, value in (("request_id", request_id), ("run_id", run_id), ("agent", agent)):
         if value and not _ID.match(value):
             raise InvalidArgumentError("must be 1-128 of letters, digits, '.', '_', ':' or '-'", field=f"{f}{name}")
-    return ChatCall(route, tuple(messages), max_tokens, temperature, request_id, run_id, agent)
+    return ChatCall(
+        route,
+        tuple(messages),
+        max_tokens,
+        temperature,
+        request_id,
+        run_id,
+        agent,
+        top_p=top_p,
+        stop=tuple(stop),
+        tools=tuple(tools),
+        tool_choice=tool_choice,
+        json_mode=json_mode,
+    )
 
 
 def input_token_bound(messages: Sequence[ChatMessage]) -> int:
@@ -88,5 +137,17 @@ def input_token_bound(messages: Sequence[ChatMessage]) -> int:
     is only used to reserve budget; commits use the provider's billed count.
     """
     return _TOKENS_PER_REPLY + sum(
-        _TOKENS_PER_MESSAGE + len(m.role) + len(m.content.encode("utf-8", "surrogatepass")) for m in messages
+        _TOKENS_PER_MESSAGE
+        + len(m.role)
+        + len(m.content.encode("utf-8", "surrogatepass"))
+        + sum(len(c.name) + len(c.arguments.encode("utf-8", "surrogatepass")) for c in m.tool_calls)
+        for m in messages
+    )
+
+
+def tools_token_bound(tools: Sequence[ToolSpec]) -> int:
+    """Upper bound on the tokens the tool definitions add to the prompt (their JSON bytes)."""
+    return sum(
+        len(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}).encode())
+        for t in tools
     )

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from interlock.errors import BudgetExceededError, RateLimitedError, UpstreamError
-from interlock.services.router.domain.chat import ChatCall, input_token_bound
+from interlock.services.router.domain.chat import ChatCall, input_token_bound, tools_token_bound
 from interlock.services.router.domain.provider import (
     ChatProvider,
     ProviderError,
     ProviderRequest,
     StreamDelta,
     StreamEnd,
+    StreamToolCallDelta,
     TokenUsage,
+    ToolCall,
 )
 
 log = logging.getLogger("interlock.router.flow")
@@ -60,6 +62,7 @@ class ChatResult:
     finish_reason: str
     usage: TokenUsage
     cost_nanos: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class AdmissionPort(Protocol):
@@ -90,7 +93,8 @@ class ChatFlow:
         self._default_timeout = default_timeout_s
 
     def worst_case_nanos(self, call: ChatCall) -> int:
-        return call.route.pricing.cost_nanos(input_token_bound(call.messages), call.max_tokens)
+        bound = input_token_bound(call.messages) + tools_token_bound(call.tools)
+        return call.route.pricing.cost_nanos(bound, call.max_tokens)
 
     async def _admit_and_reserve(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> None:
         admission, reservation = await asyncio.gather(
@@ -124,12 +128,22 @@ class ChatFlow:
             messages=call.messages,
             max_tokens=call.max_tokens,
             temperature=call.temperature,
+            top_p=call.top_p,
+            stop=call.stop,
+            tools=call.tools,
+            tool_choice=call.tool_choice,
+            json_mode=call.json_mode,
             request_id=call.request_id,
             timeout_s=min(limit, timeout_s) if timeout_s else limit,
         )
 
     async def _settle(self, call: ChatCall, usage: TokenUsage) -> int:
-        cost = call.route.pricing.cost_nanos(usage.input_tokens, usage.output_tokens)
+        cost = call.route.pricing.cost_nanos(
+            usage.input_tokens,
+            usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
         await self._budget.commit(call, call.route.provider, usage, cost)
         return cost
 
@@ -145,11 +159,20 @@ class ChatFlow:
             raise
         cost = await asyncio.shield(self._settle(call, answer.usage))
         return ChatResult(
-            call.request_id, call.route.name, provider.name, answer.text, answer.finish_reason, answer.usage, cost
+            call.request_id,
+            call.route.name,
+            provider.name,
+            answer.text,
+            answer.finish_reason,
+            answer.usage,
+            cost,
+            answer.tool_calls,
         )
 
-    async def stream(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> AsyncIterator[str | ChatResult]:
-        """Yield text deltas, then one ChatResult."""
+    async def stream(
+        self, caller: Caller, call: ChatCall, timeout_s: float | None
+    ) -> AsyncIterator[str | StreamToolCallDelta | ChatResult]:
+        """Yield text deltas and tool-call pieces, then one ChatResult."""
         await self._admit_and_reserve(caller, call, timeout_s)
         provider = self._providers[call.route.provider]
         parts: list[str] = []
@@ -159,6 +182,8 @@ class ChatFlow:
                 if isinstance(item, StreamDelta):
                     parts.append(item.text)
                     yield item.text
+                elif isinstance(item, StreamToolCallDelta):
+                    yield item
                 elif isinstance(item, StreamEnd):
                     settled = True
                     cost = await asyncio.shield(self._settle(call, item.usage))
@@ -170,6 +195,7 @@ class ChatFlow:
                         item.finish_reason,
                         item.usage,
                         cost,
+                        item.tool_calls,
                     )
                     return
             raise ProviderError(provider.name, "protocol", "stream ended without usage")

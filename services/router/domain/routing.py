@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from interlock.pricing import ModelPricing, UnknownPriceError
 
 PROVIDER_KINDS = ("openai",)
+PRICE_PROVIDER: dict[str, str] = {}
+"""genai-prices provider id of each provider kind, where it differs from the kind."""
 
 
 class RoutingConfigError(ValueError):
@@ -56,8 +59,60 @@ def _str(raw: Mapping[str, Any], key: str, path: str, default: str | None = None
     return value
 
 
-def parse_routing_config(raw: Mapping[str, Any], version: str) -> RoutingConfig:
-    """Validate a routing document completely before anything uses it."""
+def _custom_price(name: str, price: Mapping[str, Any], path: str, window: int | None) -> ModelPricing:
+    values: dict[str, Decimal | None] = {}
+    for key in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok"):
+        raw = price.get(key)
+        if raw is None:
+            if key != "cached_input_per_mtok":
+                raise RoutingConfigError(f"{path}.{key}: required for a custom price (USD per million tokens)")
+            values[key] = None
+            continue
+        try:
+            value = Decimal(str(raw))
+        except ArithmeticError:
+            raise RoutingConfigError(f"{path}.{key}: must be a number") from None
+        if value < 0 or not value.is_finite():
+            raise RoutingConfigError(f"{path}.{key}: must be a non-negative number")
+        values[key] = value
+    assert values["input_per_mtok"] is not None and values["output_per_mtok"] is not None
+    return ModelPricing.custom(
+        name, values["input_per_mtok"], values["output_per_mtok"], values["cached_input_per_mtok"], window
+    )
+
+
+def _pricing(
+    name: str, upstream: str, kind: str, m: Mapping[str, Any], path: str, overrides: Mapping[str, Any]
+) -> ModelPricing:
+    window = m.get("context_window")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window <= 0):
+        raise RoutingConfigError(f"{path}.context_window: must be a positive integer")
+    override = overrides.get(name)
+    if override is not None:
+        if not isinstance(override, dict):
+            raise RoutingConfigError(f"price overrides.{name}: must be a mapping")
+        return _custom_price(name, override, f"price overrides.{name}", override.get("context_window") or window)
+    price = m.get("price") or {}
+    if not isinstance(price, dict):
+        raise RoutingConfigError(f"{path}.price: must be a mapping")
+    if "input_per_mtok" in price or "output_per_mtok" in price:
+        return _custom_price(name, price, f"{path}.price", window)
+    try:
+        return ModelPricing.resolve(str(price.get("provider") or kind), str(price.get("model") or upstream), window)
+    except UnknownPriceError as exc:
+        raise RoutingConfigError(
+            f"{path}.price: {exc}; name a known model (price.model) or give input_per_mtok/output_per_mtok"
+        ) from exc
+
+
+def parse_routing_config(
+    raw: Mapping[str, Any], version: str, price_overrides: Mapping[str, Any] | None = None
+) -> RoutingConfig:
+    """Validate a routing document completely before anything uses it.
+
+    `price_overrides` maps model names to custom prices ({input_per_mtok, output_per_mtok,
+    cached_input_per_mtok?, context_window?}) for private models or negotiated rates.
+    """
     providers: dict[str, ProviderConfig] = {}
     raw_providers = raw.get("providers")
     if not isinstance(raw_providers, list) or not raw_providers:
@@ -97,15 +152,14 @@ def parse_routing_config(raw: Mapping[str, Any], version: str) -> RoutingConfig:
         if provider not in providers:
             raise RoutingConfigError(f"{path}.provider: {provider!r} is not a configured provider")
         upstream = _str(m, "upstream_model", path, name)
-        price = m.get("price") or {}
-        if not isinstance(price, dict):
-            raise RoutingConfigError(f"{path}.price: must be a mapping")
-        try:
-            pricing = ModelPricing.resolve(
-                str(price.get("provider") or providers[provider].kind), str(price.get("model") or upstream)
-            )
-        except UnknownPriceError as exc:
-            raise RoutingConfigError(f"{path}.price: {exc}") from exc
+        pricing = _pricing(
+            name,
+            upstream,
+            PRICE_PROVIDER.get(providers[provider].kind, providers[provider].kind),
+            m,
+            path,
+            price_overrides or {},
+        )
         models[name] = ModelRoute(name=name, provider=provider, upstream_model=upstream, pricing=pricing)
     return RoutingConfig(version=version, providers=providers, models=models)
 
