@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench clean
+.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-budget bench-ratelimit bench-ingest bench-fallback clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,20 @@ buf-breaking:
 
 bench: install
 	$(BIN)/python -m benchmarks.router_overhead
+
+bench-budget: install
+	$(BIN)/python -m benchmarks.budget_throughput
+
+bench-ratelimit: install
+	$(BIN)/python -m benchmarks.ratelimit_throughput
+
+# The issue's 100M rows need a bigger machine; ROWS scales the bulk load down.
+ROWS ?= 2000000
+bench-ingest: install
+	$(BIN)/python -m benchmarks.usage_ingest --rows $(ROWS)
+
+bench-fallback: install
+	$(BIN)/python -m benchmarks.fallback_overhead
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

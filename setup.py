@@ -44,6 +44,7 @@ PACKAGES = find_packages()
 setup(
     packages=sorted(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"interlock": ["py.typed", "**/*.pyi"]},
+    # Migration SQL files ship with trace-ingest: it applies them at start.
+    package_data={"interlock": ["py.typed", "**/*.pyi"], "interlock.services.traceingest": ["migrations/*.sql"]},
     cmdclass={"build_py": BuildPyWithStubs},
 )

@@ -2,15 +2,17 @@
 
 Backing services
 ----------------
-`kafka_bootstrap`, `clickhouse_url` and `redis_url` are session-scoped addresses of a
-real Kafka, ClickHouse and Redis. Each comes, in order, from:
+`kafka_bootstrap`, `clickhouse_url`, `redis_url` and `postgres_url` are session-scoped
+addresses of a real Kafka, ClickHouse, Redis and PostgreSQL. Each comes, in order, from:
 
 1. an external server named by INTERLOCK_TEST_KAFKA (host:port),
-   INTERLOCK_TEST_CLICKHOUSE_URL (http://host:port) or INTERLOCK_TEST_REDIS_URL
-   (redis://host:port/db);
+   INTERLOCK_TEST_CLICKHOUSE_URL (http://host:port), INTERLOCK_TEST_REDIS_URL
+   (redis://host:port/db) or INTERLOCK_TEST_POSTGRES_URL (postgresql://user@host:port/db);
 2. a local process started by `interlock.devservers` on a free loopback port, with
    its data under the session's tmp dir (Kafka needs java and mvn, Redis needs
-   redis-server; ClickHouse comes from the chdb-core wheel).
+   redis-server, PostgreSQL Debian's postgresql; ClickHouse comes from the chdb-core wheel).
+
+`postgres_database` is a fresh, empty database on that server for one test.
 
 A service that cannot be had skips the test that needs it, except with CI=true,
 where it fails the test: CI must never pass by skipping.
@@ -19,13 +21,21 @@ where it fails the test: CI must never pass by skipping.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
 
-from interlock.devservers import ClickHouseServer, DevServerError, KafkaBroker, ManagedProcess, RedisServer
+from interlock.devservers import (
+    ClickHouseServer,
+    DevServerError,
+    KafkaBroker,
+    ManagedProcess,
+    PostgresServer,
+    RedisServer,
+)
 
 _Server = TypeVar("_Server", bound=ManagedProcess)
 
@@ -86,3 +96,27 @@ def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL ("redis://127.0.0.1:port/0") of a Redis server without persistence."""
     yield from _serve("redis", "INTERLOCK_TEST_REDIS_URL", tmp_path_factory, RedisServer, lambda s: s.url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL ("postgresql://interlock@127.0.0.1:port/postgres") of a PostgreSQL server; trust auth."""
+
+    def make(path: Path) -> PostgresServer:
+        return PostgresServer(path)
+
+    yield from _serve("postgres", "INTERLOCK_TEST_POSTGRES_URL", tmp_path_factory, make, lambda s: s.url)
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """URL of a new database on the `postgres_url` server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # name is generated, never input
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

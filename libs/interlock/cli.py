@@ -31,7 +31,6 @@ DEFAULT_TARGETS = {
     "budget": "127.0.0.1:50053",
     "traceingest": "127.0.0.1:50054",
 }
-COST_DIMENSIONS = ("org", "project", "developer", "provider", "model", "agent", "run_id")
 
 
 def _target(args: argparse.Namespace, service: str) -> str:
@@ -92,39 +91,71 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-# budgets
+# budget
+
+_WINDOW_NAMES = ("none", "day", "week", "month")
 
 
 def _scope(args: argparse.Namespace) -> Any:
     from interlock.budget.v1 import budget_pb2
 
-    if args.developer:
+    if args.api_key_id:
+        kind = budget_pb2.SCOPE_KIND_API_KEY
+    elif args.developer:
         kind = budget_pb2.SCOPE_KIND_DEVELOPER
     elif args.project:
         kind = budget_pb2.SCOPE_KIND_PROJECT
     else:
         kind = budget_pb2.SCOPE_KIND_ORG
-    return budget_pb2.Scope(kind=kind, org=args.org, project=args.project or "", developer=args.developer or "")
+    return budget_pb2.Scope(
+        kind=kind,
+        org=args.org,
+        project=args.project or "",
+        developer=args.developer or "",
+        api_key_id=args.api_key_id or "",
+    )
 
 
-def cmd_budgets_set(args: argparse.Namespace) -> int:
+def cmd_budget_set(args: argparse.Namespace) -> int:
     from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 
     try:
         limit_nanos = int(Decimal(args.limit_usd) * NANOS_PER_USD)
     except ArithmeticError:
         return _fail(f"--limit-usd {args.limit_usd!r} is not a number", 2)
+    try:
+        thresholds = [int(t) for t in args.alert_at.split(",") if t.strip()] if args.alert_at else []
+    except ValueError:
+        return _fail(f"--alert-at {args.alert_at!r}: use whole percentages, e.g. 50,80,100", 2)
+    if args.api_key_id and not (args.project and args.developer):
+        return _fail("--api-key-id needs --project and --developer", 2)
+    if args.developer and not args.project:
+        return _fail("--developer needs --project", 2)
+    window = budget_pb2.BudgetWindow.Value(
+        f"BUDGET_WINDOW_{'UNSPECIFIED' if args.window == 'none' else args.window.upper()}"
+    )
+    request = budget_pb2.SetBudgetRequest(
+        scope=_scope(args),
+        limit_nanos=limit_nanos,
+        window=window,
+        time_zone=args.time_zone,
+        alert_thresholds_pct=thresholds,
+    )
     with grpc.insecure_channel(_target(args, "budget")) as channel:
         try:
-            budget_pb2_grpc.BudgetServiceStub(channel).SetBudget(
-                budget_pb2.SetBudgetRequest(scope=_scope(args), limit_nanos=limit_nanos), timeout=10
-            )
+            budget_pb2_grpc.BudgetServiceStub(channel).SetBudget(request, timeout=10)
         except grpc.RpcError as exc:
             return _fail(str(from_rpc_error(exc)))
-    return cmd_budgets_get(args)
+    return cmd_budget_show(args)
 
 
-def cmd_budgets_get(args: argparse.Namespace) -> int:
+def _iso(ts: Timestamp, present: bool) -> str | None:
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def cmd_budget_show(args: argparse.Namespace) -> int:
     from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 
     with grpc.insecure_channel(_target(args, "budget")) as channel:
@@ -134,19 +165,126 @@ def cmd_budgets_get(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as exc:
             return _fail(str(from_rpc_error(exc)))
+    window = budget_pb2.BudgetWindow.Name(r.window).removeprefix("BUDGET_WINDOW_").lower()
     data = {
         "org": args.org,
         "project": args.project or "",
         "developer": args.developer or "",
+        "api_key_id": args.api_key_id or "",
         "limit_usd": None if r.limit_nanos < 0 else str(nanos_to_usd(r.limit_nanos)),
-        "committed_usd": str(nanos_to_usd(r.committed_nanos)),
+        "window": "none" if window == "unspecified" else window,
+        "time_zone": r.time_zone or "UTC",
+        "spend_usd": str(nanos_to_usd(r.committed_nanos)),
         "reserved_usd": str(nanos_to_usd(r.reserved_nanos)),
+        "remaining_usd": None if r.remaining_nanos < 0 else str(nanos_to_usd(r.remaining_nanos)),
+        "window_start": _iso(r.window_start, r.HasField("window_start")),
+        "reset_at": _iso(r.reset_at, r.HasField("reset_at")),
+        "alert_thresholds_pct": list(r.alert_thresholds_pct),
     }
     if args.json:
         _print_json(data)
     else:
         for key, value in data.items():
-            print(f"{key:<14} {value if value is not None else 'no limit'}")
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            print(f"{key:<20} {shown if shown not in (None, '') else '-'}")
+    return 0
+
+
+# limits
+
+_LIMIT_FLAGS = (("rps", "SECOND", "requests"), ("rpm", "MINUTE", "requests"), ("rpd", "DAY", "requests"),
+                ("tpm", "MINUTE", "tokens"), ("tpd", "DAY", "tokens"))  # fmt: skip
+
+
+def _limit_scope(args: argparse.Namespace) -> list[tuple[str, str]]:
+    # The same descriptors the router sends (services/router/adapters/mesh_clients.py).
+    if args.api_key_id:
+        return [("api_key", args.api_key_id)]
+    if args.provider and args.model:
+        return [("provider", args.provider), ("model", args.model)]
+    return [("project", f"{args.org}/{args.project}")]
+
+
+def cmd_limits_set(args: argparse.Namespace) -> int:
+    from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+
+    if not (args.project or args.api_key_id or (args.provider and args.model)):
+        return _fail("name a scope: --project, --api-key-id, or --provider with --model", 2)
+    scope = _limit_scope(args)
+    mode = ratelimit_pb2.FAILURE_MODE_CLOSED if args.failure_mode == "closed" else ratelimit_pb2.FAILURE_MODE_OPEN
+    by_kind: dict[str, list[Any]] = {"requests": [], "tokens": []}
+    for flag, unit, kind in _LIMIT_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            by_kind[kind].append(
+                ratelimit_pb2.RateLimit(
+                    requests_per_unit=value,
+                    unit=getattr(ratelimit_pb2, f"UNIT_{unit}"),
+                    shadow_mode=args.shadow,
+                    failure_mode=mode,
+                    name=f"{flag}:{'/'.join(v for _, v in scope)}",
+                )
+            )
+    if not any(by_kind.values()) and not args.clear:
+        return _fail("give at least one of --rps, --rpm, --rpd, --tpm, --tpd (or --clear)", 2)
+    with grpc.insecure_channel(_target(args, "ratelimit")) as channel:
+        stub = ratelimit_pb2_grpc.RateLimitServiceStub(channel)
+        for kind, limits in by_kind.items():
+            if not limits and not args.clear:
+                continue  # leave the other kind's override as it is
+            entries = ([("usage", "tokens")] if kind == "tokens" else []) + scope
+            override = ratelimit_pb2.LimitOverride(
+                domain=args.domain,
+                entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
+                rate_limits=limits,
+            )
+            try:
+                stub.SetLimitOverride(ratelimit_pb2.SetLimitOverrideRequest(override=override), timeout=10)
+            except grpc.RpcError as exc:
+                return _fail(str(from_rpc_error(exc)))
+    return cmd_limits_show(args)
+
+
+def cmd_limits_show(args: argparse.Namespace) -> int:
+    from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+
+    with grpc.insecure_channel(_target(args, "ratelimit")) as channel:
+        try:
+            response = ratelimit_pb2_grpc.RateLimitServiceStub(channel).ListLimitOverrides(
+                ratelimit_pb2.ListLimitOverridesRequest(domain=args.domain), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return _fail(str(from_rpc_error(exc)))
+    rows = []
+    for o in response.overrides:
+        entries = [(e.key, e.value) for e in o.entries]
+        kind = "tokens" if entries[:1] == [("usage", "tokens")] else "requests"
+        for rl in o.rate_limits:
+            rows.append(
+                {
+                    "domain": o.domain,
+                    "descriptor": "|".join(f"{k}={v}" for k, v in entries if (k, v) != ("usage", "tokens")),
+                    "kind": kind,
+                    "limit": rl.requests_per_unit,
+                    "unit": ratelimit_pb2.Unit.Name(rl.unit).removeprefix("UNIT_").lower(),
+                    "shadow_mode": rl.shadow_mode,
+                    "failure_mode": ratelimit_pb2.FailureMode.Name(rl.failure_mode)
+                    .removeprefix("FAILURE_MODE_")
+                    .lower(),
+                    "name": rl.name,
+                }
+            )
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no runtime limit overrides")
+    else:
+        print(f"{'DESCRIPTOR':<32} {'KIND':<9} {'LIMIT':>10} {'UNIT':<7} {'SHADOW':<7} FAILURE")
+        for r in rows:
+            print(
+                f"{r['descriptor']:<32} {r['kind']:<9} {r['limit']:>10} {r['unit']:<7}"
+                f" {'yes' if r['shadow_mode'] else 'no':<7} {r['failure_mode']}"
+            )
     return 0
 
 
@@ -209,23 +347,6 @@ def print_cost_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) ->
         print("(no usage)")
 
 
-def cmd_costs(args: argparse.Namespace) -> int:
-    group_by = [d.strip() for d in args.by.split(",") if d.strip()]
-    unknown = [d for d in group_by if d not in COST_DIMENSIONS]
-    if not group_by or unknown:
-        return _fail(f"--by: use a comma list of {', '.join(COST_DIMENSIONS)}", 2)
-    try:
-        since = parse_since(args.since, time.time()) if args.since else None
-        rows = query_costs(_target(args, "traceingest"), group_by, since, args.org or "", args.project or "")
-    except (ValueError, InterlockError) as exc:
-        return _fail(str(exc), 2 if isinstance(exc, ValueError) else 1)
-    if args.json:
-        _print_json(rows)
-    else:
-        print_cost_table(rows, group_by)
-    return 0
-
-
 # chat
 
 
@@ -260,6 +381,46 @@ def cmd_chat(args: argparse.Namespace) -> int:
         )
     else:
         print(result.text)
+    return 0
+
+
+# routes
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from interlock.router.v1 import router_pb2, router_pb2_grpc
+
+    key = args.api_key or os.environ.get("INTERLOCK_API_KEY", "")
+    if not key:
+        return _fail("an API key is needed: pass --api-key or set INTERLOCK_API_KEY", 2)
+    with grpc.insecure_channel(_target(args, "router")) as channel:
+        try:
+            r = router_pb2_grpc.RouterServiceStub(channel).GetRoutes(
+                router_pb2.GetRoutesRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return _fail(str(from_rpc_error(exc)))
+    switches = [
+        {
+            "at": s.at.ToDatetime().isoformat() + "Z",
+            "version": s.version,
+            "accepted": s.accepted,
+            "error": s.error or None,
+        }
+        for s in r.switches
+    ]
+    chains = dict(sorted(r.chains.items()))
+    loaded_at = r.loaded_at.ToDatetime().isoformat() + "Z"
+    if args.json:
+        _print_json({"live_version": r.live_version, "loaded_at": loaded_at, "chains": chains, "switches": switches})
+        return 0
+    print(f"live version {r.live_version} (loaded {loaded_at})")
+    for name, chain in chains.items():
+        print(f"  {name:<28} {chain}")
+    print("recent switches:")
+    for s in switches:
+        state = "live" if s["accepted"] else f"REFUSED: {s['error']}"
+        print(f"  {s['at']}  {s['version']}  {state}")
     return 0
 
 
@@ -305,6 +466,48 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# config
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    """Validate a routing file as the router would, without running anything."""
+    import yaml
+
+    from interlock.services.router.domain.routing import RoutingConfigError, config_version, parse_routing_config
+
+    errors: list[tuple[str, str]] = []
+    version = ""
+    try:
+        document = yaml.safe_load(Path(args.file).read_text())
+        overrides: Any = {}
+        if args.price_overrides:
+            loaded = yaml.safe_load(Path(args.price_overrides).read_text()) or {}
+            overrides = loaded.get("models", {}) if isinstance(loaded, dict) else None
+            if not isinstance(overrides, dict):
+                errors.append((args.price_overrides, "must be a mapping with `models`"))
+        if not isinstance(document, dict):
+            errors.append((args.file, "must be a YAML mapping"))
+        if not errors:
+            # The same hash the router logs and reports as config_version for this file.
+            version = config_version(document, overrides)
+            config = parse_routing_config(document, version, overrides)
+    except RoutingConfigError as exc:
+        errors.extend(exc.errors)
+    except (OSError, yaml.YAMLError) as exc:
+        errors.append((args.file, f"cannot read: {exc}"))
+    if args.json:
+        if errors:
+            _print_json({"valid": False, "errors": [{"path": p, "message": m} for p, m in errors]})
+        else:
+            _print_json({"valid": True, "version": version, "models": sorted(config.models)})
+    elif errors:
+        for path, message in errors:
+            print(f"{path}: {message}" if path else message)
+    else:
+        print(version)
+    return 1 if errors else 0
+
+
 # up
 
 
@@ -334,6 +537,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         engines = f"kafka={cfg.kafka_bootstrap or 'local spool'} clickhouse={cfg.clickhouse_url or 'embedded chdb'}"
         print(f"interlock: mesh is up ({engines}); router on {cfg.target('router')}", file=sys.stderr)
+        print(
+            f"interlock: OpenAI/Anthropic-compatible HTTP on http://{cfg.host}:{cfg.router_http_port}/v1",
+            file=sys.stderr,
+        )
+        if not cfg.routing_path:
+            from interlock.services.router.domain.defaults import default_routing_document
+
+            _, banner = default_routing_document(f"http://{cfg.host}:{cfg.fake_provider_port}", os.environ)
+            print("interlock: models (set a provider's API key to call it for real):", file=sys.stderr)
+            for line in banner:
+                print(f"  {line}", file=sys.stderr)
         if not args.no_demo:
             from interlock.demo import run_demo
 
@@ -387,24 +601,33 @@ def build_parser() -> argparse.ArgumentParser:
     targets(kc, "budget")
     kc.set_defaults(func=cmd_keys_create)
 
-    budgets = sub.add_parser("budgets", help="hard spend limits").add_subparsers(dest="budgets_command", required=True)
-    for name, func in (("set", cmd_budgets_set), ("get", cmd_budgets_get)):
-        b = budgets.add_parser(name, help=f"{name} the budget of an org, project or developer")
+    budget = sub.add_parser("budget", help="hard spend limits").add_subparsers(dest="budget_command", required=True)
+    for name, func, text in (
+        ("set", cmd_budget_set, "set the budget of an org, project, developer or API key"),
+        ("show", cmd_budget_show, "limit, spend, reserved, remaining and reset time of a budget"),
+    ):
+        b = budget.add_parser(name, help=text)
         b.add_argument("--org", default="default")
         b.add_argument("--project")
         b.add_argument("--developer")
+        b.add_argument("--api-key-id", help="public id of an API key (with --project and --developer)")
         if name == "set":
             b.add_argument("--limit-usd", required=True, help="limit in US dollars, e.g. 25.50")
+            b.add_argument("--window", choices=_WINDOW_NAMES, default="none", help="period that resets (default none)")
+            b.add_argument("--time-zone", default="UTC", help="IANA zone of the window's calendar, e.g. Europe/Berlin")
+            b.add_argument("--alert-at", metavar="PCTS", default="", help="alert thresholds in percent, e.g. 50,80,100")
         targets(b, "budget")
         b.set_defaults(func=func)
 
-    costs = sub.add_parser("costs", help="cost and tokens from ClickHouse, grouped")
-    costs.add_argument("--by", default="project,developer,model", help=f"comma list of {', '.join(COST_DIMENSIONS)}")
-    costs.add_argument("--since", help="e.g. 30m, 12h, 1d or an ISO date")
-    costs.add_argument("--org")
-    costs.add_argument("--project")
-    targets(costs, "traceingest")
-    costs.set_defaults(func=cmd_costs)
+    # costs (totals, top N, per run, day-over-day, chart, reprice), db migrate, kafka topics create
+    from interlock import costs_cli
+
+    costs_cli.register(sub, targets, _target)
+
+    routes = sub.add_parser("routes", help="the router's live routing config version and recent switches")
+    routes.add_argument("--api-key", help="default: $INTERLOCK_API_KEY")
+    targets(routes, "router")
+    routes.set_defaults(func=cmd_routes)
 
     models = sub.add_parser("models", help="routable models with provider, context window and prices")
     models.add_argument("--api-key", help="default: $INTERLOCK_API_KEY")
@@ -419,6 +642,34 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--stream", action="store_true")
     targets(chat, "router")
     chat.set_defaults(func=cmd_chat)
+
+    limits = sub.add_parser("limits", help="runtime rate limits (RPM/TPM overrides held by the rate-limiter)")
+    limits_sub = limits.add_subparsers(dest="limits_command", required=True)
+    ls = limits_sub.add_parser("set", help="set the limits of a project, API key or provider+model")
+    ls.add_argument("--org", default="default")
+    ls.add_argument("--project")
+    ls.add_argument("--api-key-id")
+    ls.add_argument("--provider")
+    ls.add_argument("--model")
+    for flag, unit, kind in _LIMIT_FLAGS:
+        ls.add_argument(f"--{flag}", type=int, help=f"{kind} per {unit.lower()}")
+    ls.add_argument("--shadow", action="store_true", help="count and log only, never refuse")
+    ls.add_argument("--failure-mode", choices=("open", "closed"), default="open", help="when the limiter is down")
+    ls.add_argument("--clear", action="store_true", help="remove the kinds not given (both, with no limit flag)")
+    ls.add_argument("--domain", default="interlock")
+    targets(ls, "ratelimit")
+    ls.set_defaults(func=cmd_limits_set)
+    lshow = limits_sub.add_parser("show", help="list the runtime limit overrides")
+    lshow.add_argument("--domain", default="interlock")
+    targets(lshow, "ratelimit")
+    lshow.set_defaults(func=cmd_limits_show)
+
+    cfg = sub.add_parser("config", help="routing config files").add_subparsers(dest="config_command", required=True)
+    cv = cfg.add_parser("validate", help="check a routing YAML; print its version, or every error with its path")
+    cv.add_argument("file", metavar="FILE")
+    cv.add_argument("--price-overrides", metavar="FILE", help="price overrides YAML the router would load with it")
+    cv.add_argument("--json", action="store_true", help="print JSON")
+    cv.set_defaults(func=cmd_config_validate)
     return parser
 
 

@@ -77,6 +77,9 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
             "CLICKHOUSE_URL": cfg.clickhouse_url,
             "CHDB_PATH": str(data / "chdb"),
             "SPOOL_PATH": str(data / "spool" / "usage.db"),
+            "DLQ_SPOOL_PATH": str(data / "spool" / "usage.dlq.db"),
+            # QueryCosts with an API key is answered for that key's project; budget checks keys.
+            "BUDGET_TARGET": cfg.target("budget"),
         }
     elif service == "ratelimit":
         specific = {"PORT": str(cfg.ratelimit_port), "REDIS_URL": cfg.redis_url, "LIMITS_PATH": cfg.limits_path}
@@ -86,6 +89,7 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
             "DB_PATH": str(data / "budget" / "ledger.db"),
             "KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
             "SPOOL_PATH": str(data / "spool" / "usage.db"),
+            "ALERTS_SPOOL_PATH": str(data / "spool" / "alerts.db"),
         }
     else:
         specific = {
@@ -94,7 +98,7 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
             "RATELIMIT_TARGET": cfg.target("ratelimit"),
             "BUDGET_TARGET": cfg.target("budget"),
             "ROUTING_PATH": cfg.routing_path,
-            "FAKE_PROVIDER_URL": f"http://{cfg.host}:{cfg.fake_provider_port}/v1",
+            "FAKE_PROVIDER_URL": f"http://{cfg.host}:{cfg.fake_provider_port}",
         }
     prefix = f"INTERLOCK_{service.upper()}_"
     env = dict(os.environ)

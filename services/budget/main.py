@@ -10,19 +10,32 @@ from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.budget.v1 import budget_pb2
 from interlock.services.budget import config
+from interlock.services.budget.adapters.ledger import BudgetLedger
 from interlock.services.budget.adapters.outbox_publisher import OutboxPublisher
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.adapters.usage_sink import KafkaUsageSink, SpoolUsageSink, UsageSink
 from interlock.services.budget.api.servicer import BudgetServicer
 
 
+def open_ledger(settings: config.BudgetSettings) -> BudgetLedger:
+    if settings.database_url:
+        from interlock.services.budget.adapters.postgres_ledger import PostgresLedger
+
+        return PostgresLedger(settings.database_url)
+    return SqliteLedger(Path(settings.db_path))
+
+
 async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = None) -> None:
-    ledger = SqliteLedger(Path(settings.db_path))
-    sink: UsageSink = (
-        KafkaUsageSink(settings.kafka_bootstrap, settings.usage_topic)
-        if settings.kafka_bootstrap
-        else SpoolUsageSink(Path(settings.spool_path), settings.usage_topic)
-    )
+    ledger = open_ledger(settings)
+    sink: UsageSink
+    alert_sink: UsageSink
+    if settings.kafka_bootstrap:
+        sink = KafkaUsageSink(settings.kafka_bootstrap, settings.usage_topic)
+        alert_sink = KafkaUsageSink(settings.kafka_bootstrap, settings.alerts_topic)
+    else:
+        sink = SpoolUsageSink(Path(settings.spool_path), settings.usage_topic)
+        # Alerts get their own spool: the usage spool's reader expects usage events only.
+        alert_sink = SpoolUsageSink(Path(settings.alerts_spool_path), settings.alerts_topic)
     publisher: OutboxPublisher | None = None
 
     def on_commit() -> None:
@@ -30,13 +43,13 @@ async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = No
             publisher.notify()
 
     servicer = BudgetServicer(ledger, settings.reservation_ttl_s, on_commit=on_commit)
-    publisher = OutboxPublisher(ledger, sink, servicer.run_in_ledger_thread)
+    publisher = OutboxPublisher(ledger, sink, servicer.run_in_ledger_thread, alert_sink=alert_sink)
     expiry: asyncio.Task[None] | None = None
 
     async def start() -> None:
         nonlocal expiry
         await publisher.start()
-        expiry = asyncio.create_task(servicer.expire_loop(), name="reservation-expiry")
+        expiry = asyncio.create_task(servicer.expire_loop(settings.expire_interval_s), name="reservation-expiry")
 
     async def stop_all() -> None:
         if expiry is not None:

@@ -17,7 +17,8 @@ OpenAI does (missing `model`/`messages`, wrong types, empty messages, unknown ro
 `max_tokens` < 1, `temperature` outside 0..2, `stream_options` without `stream`) -> 400.
 Any model id is accepted.
 
-Answers are deterministic: "Echo: <words of the last user message>", cut to
+Answers are deterministic: "Echo: <words of the last user message>" (of the tool result,
+when the last message is one), cut to
 `max_completion_tokens` (else `max_tokens`) tokens, `finish_reason` "length" when cut,
 else "stop". A token is a whitespace-separated word: prompt_tokens is the number of words
 in all messages' text (at least 1), completion_tokens the number of words in the answer
@@ -27,14 +28,25 @@ Fault injection, per request: header `x-fake-fault: key=value; key=value`, or th
 directives after an `@` in the model id (`"model": "fake-echo@status=429;delay_ms=50"`,
 answered as model `fake-echo`); the header wins where both set a key. Directives:
 - `status=<400..599>`: answer with that status and an OpenAI error body (429 also sends
-  `Retry-After`, default 1).
+  `Retry-After`, default 1, and `x-ratelimit-*` headers with no requests remaining).
+- `code=<code>`: the error code (a bare `code=` is a 400): `context_length_exceeded`,
+  `content_filter` (Azure's wording) and `content_policy_violation` get OpenAI's messages.
+- `tool_call=<name>`: answer with one call of that tool (it must be among `tools` when any
+  are given), arguments `{"text": "<last user message>"}`, finish_reason `tool_calls`;
+  streamed as tool-call deltas of 8 characters. A request whose last message is a tool
+  result gets the echo of that result instead.
+- `cached_tokens=<n>` / `reasoning_tokens=<n>`: report them in `prompt_tokens_details` /
+  `completion_tokens_details` (reasoning is added to completion_tokens).
+- `finish=<reason>`: report this finish_reason (e.g. `content_filter`).
+- `error_after=<n>`: streaming: after n chunks send an error event and end the body.
 - `retry_after=<seconds>`: the `Retry-After` value to send with `status`.
 - `message=<text>`: the error message for `status` (no `;` inside).
 - `delay_ms=<n>`: wait before answering (ends early if the client disconnects).
 - `chunk_delay_ms=<n>`: streaming only, wait between token chunks.
 - `truncate_after=<n>`: streaming: stop after n token chunks with no finish chunk, usage or
   `[DONE]`; unary: send only the first n bytes of the JSON body (malformed on purpose).
-An unknown or malformed directive is answered 400.
+An unknown or malformed directive is answered 400. Other providers' fakes are mounted under
+path prefixes (see `mounts.py`) and take the same directives, each in its own format.
 """
 
 from __future__ import annotations

@@ -65,6 +65,45 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+# (type, code, message) per injected `code=`, as OpenAI (and Azure, for content_filter) word them.
+_CODE_ERRORS: dict[str, tuple[str, str, str]] = {
+    "context_length_exceeded": (
+        "invalid_request_error",
+        "context_length_exceeded",
+        "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+        "130000 tokens. Please reduce the length of the messages.",
+    ),
+    "content_filter": (
+        "invalid_request_error",
+        "content_filter",
+        "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+    ),
+    "content_policy_violation": (
+        "invalid_request_error",
+        "content_policy_violation",
+        "Your request was rejected as a result of our safety system.",
+    ),
+}
+
+# OpenAI sends its rate-limit state on every answer; a 429 shows the requests budget spent.
+_RATE_LIMIT_OK_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-ratelimit-limit-requests", b"10000"),
+    (b"x-ratelimit-limit-tokens", b"2000000"),
+    (b"x-ratelimit-remaining-requests", b"9999"),
+    (b"x-ratelimit-remaining-tokens", b"1999000"),
+    (b"x-ratelimit-reset-requests", b"6ms"),
+    (b"x-ratelimit-reset-tokens", b"30ms"),
+]
+_RATE_LIMIT_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-ratelimit-limit-requests", b"10000"),
+    (b"x-ratelimit-limit-tokens", b"2000000"),
+    (b"x-ratelimit-remaining-requests", b"0"),
+    (b"x-ratelimit-remaining-tokens", b"1999000"),
+    (b"x-ratelimit-reset-requests", b"1s"),
+    (b"x-ratelimit-reset-tokens", b"30ms"),
+]
+
+
 def count_tokens(text: str) -> int:
     """Fake tokenizer: one token per whitespace-separated word."""
     return len(text.split())
@@ -80,6 +119,30 @@ class Fault:
     delay_ms: int = 0
     chunk_delay_ms: int = 0
     truncate_after: int | None = None
+    code: str | None = None
+    """Provider error code to answer with (`context_length_exceeded`, `content_filter`, ...)."""
+    tool_call: str | None = None
+    """Answer with a call of this tool instead of text (unless the last message is a tool result)."""
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish: str | None = None
+    """The provider's finish reason to report instead of the natural one."""
+    error_after: int | None = None
+    """Streaming: send the provider's in-stream error event after n pieces."""
+
+
+_COUNT_DIRECTIVES = frozenset(
+    {
+        "delay_ms",
+        "chunk_delay_ms",
+        "truncate_after",
+        "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "error_after",
+    }
+)
 
 
 def parse_fault(spec: str, base: Fault | None = None) -> Fault:
@@ -101,18 +164,15 @@ def parse_fault(spec: str, base: Fault | None = None) -> Fault:
         elif key == "retry_after":
             float(value)  # validated only; sent verbatim as Retry-After
             fault = replace(fault, retry_after=value)
-        elif key == "message":
-            fault = replace(fault, message=value)
-        elif key in ("delay_ms", "chunk_delay_ms", "truncate_after"):
+        elif key in ("message", "code", "tool_call", "finish"):
+            changes: dict[str, Any] = {key: value}  # a str field, by the key set above
+            fault = replace(fault, **changes)
+        elif key in _COUNT_DIRECTIVES:
             number = int(value)
             if number < 0:
                 raise ValueError(f"fault {key} must be >= 0")
-            if key == "delay_ms":
-                fault = replace(fault, delay_ms=number)
-            elif key == "chunk_delay_ms":
-                fault = replace(fault, chunk_delay_ms=number)
-            else:
-                fault = replace(fault, truncate_after=number)
+            counts: dict[str, Any] = {key: number}  # an int field, by _COUNT_DIRECTIVES
+            fault = replace(fault, **counts)
         else:
             raise ValueError(f"unknown fault directive {key!r}")
     return fault
@@ -138,6 +198,12 @@ class ChatRequest:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+    tool_names: tuple[str, ...] = ()
+    """Names of the functions in `tools`."""
+    tool_result_text: str | None = None
+    """Content of the last message when it is a tool result (the fake then echoes it)."""
+    forced_tool: str | None = None
+    """The tool `tool_choice` forces (a named function, or the first tool for `required`)."""
 
 
 def _json_type(value: object) -> str:
@@ -266,6 +332,32 @@ def validate_chat(body: object) -> ChatRequest:
         prompt_tokens += count_tokens(text)
         if role == "user":
             last_user_text = text
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise BadRequest(
+                f"Missing required parameter: '{param}.tool_call_id'.",
+                f"{param}.tool_call_id",
+                "missing_required_parameter",
+            )
+        if role == "assistant":
+            prompt_tokens += _validate_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
+    last = messages[-1]
+    tool_result_text = _content_text(last.get("content"), "content") if last.get("role") == "tool" else None
+    tool_names = _validate_tools(body.get("tools"), body.get("tool_choice"))
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict)
+        or response_format.get("type") not in ("text", "json_object", "json_schema")
+    ):
+        raise BadRequest(
+            "Invalid 'response_format.type': expected one of 'text', 'json_object' or 'json_schema'.",
+            "response_format.type",
+            "invalid_value",
+        )
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop))
+    ):
+        raise BadRequest("Invalid 'stop': expected a string or an array of at most 4 strings.", "stop", "invalid_value")
     # max_completion_tokens is the newer name; either one bounds the answer.
     max_completion_tokens = _int_param(body, "max_completion_tokens")
     max_tokens = max_completion_tokens or _int_param(body, "max_tokens")
@@ -332,20 +424,143 @@ def validate_chat(body: object) -> ChatRequest:
         max_tokens=max_tokens,
         stream=bool(stream),
         include_usage=include_usage,
+        tool_names=tool_names,
+        forced_tool=_forced_tool(body.get("tool_choice"), tool_names),
+        tool_result_text=tool_result_text,
     )
+
+
+def _validate_tool_calls(calls: object, param: str) -> int:
+    """Check an assistant message's `tool_calls`; returns their prompt tokens."""
+    if calls is None:
+        return 0
+    if not isinstance(calls, list):
+        raise BadRequest(
+            f"Invalid type for '{param}': expected an array, but got {_json_type(calls)} instead.",
+            param,
+            "invalid_type",
+        )
+    tokens = 0
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("id"), str)
+            or call.get("type") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise BadRequest(
+                f"Invalid '{param}[{i}]': expected an object with id, type 'function' and function.name/arguments.",
+                f"{param}[{i}]",
+                "invalid_value",
+            )
+        tokens += count_tokens(function["arguments"]) + 1
+    return tokens
+
+
+def _forced_tool(tool_choice: object, names: tuple[str, ...]) -> str | None:
+    # A real model called with a forced tool answers with a call of it; so does the fake.
+    if tool_choice == "required" and names:
+        return names[0]
+    if isinstance(tool_choice, dict):
+        named = tool_choice.get("function", {}).get("name")
+        return named if isinstance(named, str) else None
+    return None
+
+
+def _validate_tools(tools: object, tool_choice: object) -> tuple[str, ...]:
+    """Check `tools` and `tool_choice` as OpenAI does; returns the function names."""
+    names: list[str] = []
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest(
+                f"Invalid type for 'tools': expected an array, but got {_json_type(tools)} instead.",
+                "tools",
+                "invalid_type",
+            )
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if (
+                not isinstance(tool, dict)
+                or tool.get("type") != "function"
+                or not isinstance(function, dict)
+                or not isinstance(function.get("name"), str)
+            ):
+                raise BadRequest(
+                    f"Invalid 'tools[{i}]': expected an object with type 'function' and function.name.",
+                    f"tools[{i}]",
+                    "invalid_value",
+                )
+            names.append(function["name"])
+    if tool_choice is not None:
+        if not names:
+            raise BadRequest(
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                "tool_choice",
+                None,
+            )
+        named = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+        if tool_choice not in ("auto", "none", "required") and named not in names:
+            raise BadRequest("Invalid value for 'tool_choice'.", "tool_choice", "invalid_value")
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a fake answers to one request, in any provider's format."""
+
+    pieces: list[str]
+    """Answer text as stream pieces, one token each (empty for a tool call)."""
+    finish_reason: str
+    """Natural finish: `stop`, `length` or `tool_calls` (providers word it their own way)."""
+    completion_tokens: int
+    """Output tokens, reasoning included."""
+    tool_name: str | None = None
+    tool_arguments: str = ""
+    """JSON text of the tool call's arguments."""
+
+    @property
+    def tool_argument_pieces(self) -> list[str]:
+        """The arguments cut into stream fragments of 8 characters."""
+        text = self.tool_arguments
+        return [text[i : i + 8] for i in range(0, len(text), 8)]
 
 
 def answer_pieces(request: ChatRequest) -> tuple[list[str], str]:
     """The answer as stream pieces (one token each) and its finish reason.
 
-    The pieces join to "Echo: <words of the last user message>", cut to max_tokens words.
+    The pieces join to "Echo: <words of the last user message>" (of the tool result, when the
+    last message is one), cut to max_tokens words.
     """
-    words = ["Echo:", *request.last_user_text.split()]
+    text = request.last_user_text if request.tool_result_text is None else request.tool_result_text
+    words = ["Echo:", *text.split()]
     finish_reason = "stop"
     if request.max_tokens is not None and len(words) > request.max_tokens:
         words = words[: request.max_tokens]
         finish_reason = "length"
     return [words[0], *(" " + w for w in words[1:])], finish_reason
+
+
+def plan_answer(request: ChatRequest, fault: Fault) -> Answer:
+    """The answer: a call of `fault.tool_call` (arguments `{"text": <last user message>}`)
+    unless the last message is a tool result, else the echo; raises BadRequest for an
+    unknown tool."""
+    tool = fault.tool_call or request.forced_tool
+    if tool is not None and request.tool_result_text is None:
+        if request.tool_names and tool not in request.tool_names:
+            raise BadRequest(f"Tool {tool!r} is not among the request's tools.", "tools", "invalid_value")
+        arguments = json.dumps({"text": request.last_user_text})
+        return Answer(
+            pieces=[],
+            finish_reason="tool_calls",
+            completion_tokens=count_tokens(arguments) + fault.reasoning_tokens,
+            tool_name=tool,
+            tool_arguments=arguments,
+        )
+    pieces, finish_reason = answer_pieces(request)
+    return Answer(pieces=pieces, finish_reason=finish_reason, completion_tokens=len(pieces) + fault.reasoning_tokens)
 
 
 def _dumps(value: object) -> bytes:
@@ -360,7 +575,8 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 class FakeProviderApp:
     """ASGI app of the fake OpenAI-compatible provider."""
 
-    def __init__(self, models: Sequence[str] = DEFAULT_MODELS) -> None:
+    def __init__(self, models: Sequence[str] = DEFAULT_MODELS, *, mount_providers: bool = True) -> None:
+        """`mount_providers=False` serves OpenAI's format only (for fakes that wrap this one)."""
         self._models_body = _dumps(
             {
                 "object": "list",
@@ -371,7 +587,7 @@ class FakeProviderApp:
         self._request_ids = itertools.count(1)
         from .mounts import provider_apps
 
-        self._mounts = provider_apps()
+        self._mounts = provider_apps() if mount_providers else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -471,7 +687,7 @@ class FakeProviderApp:
 
         if fault.delay_ms and not await _sleep_unless_disconnected(fault.delay_ms / 1000, receive):
             return
-        if fault.status is not None:
+        if fault.status is not None or fault.code is not None:
             await self._fault_status(send, fault, headers)
             return
         if path == "/v1/models":
@@ -493,17 +709,23 @@ class FakeProviderApp:
             await self._unary(request, fault, send, headers)
 
     async def _fault_status(self, send: Send, fault: Fault, headers: list[tuple[bytes, bytes]]) -> None:
-        status = fault.status or 500
-        type_, code, message = _STATUS_ERRORS.get(
-            status,
-            (
-                "server_error" if status >= 500 else "invalid_request_error",
-                None,
-                f"Injected fault {status}.",
-            ),
-        )
+        status = fault.status or 400  # a bare `code=` is a 400 with that code
+        code: str | None
+        if fault.code is not None and fault.code in _CODE_ERRORS:
+            type_, code, message = _CODE_ERRORS[fault.code]
+        else:
+            type_, code, message = _STATUS_ERRORS.get(
+                status,
+                (
+                    "server_error" if status >= 500 else "invalid_request_error",
+                    None,
+                    f"Injected fault {status}.",
+                ),
+            )
+            code = fault.code or code
         if status == 429:
             headers.append((b"retry-after", (fault.retry_after or "1").encode()))
+            headers.extend(_RATE_LIMIT_HEADERS)
         elif fault.retry_after is not None:
             headers.append((b"retry-after", fault.retry_after.encode()))
         await _respond(
@@ -520,7 +742,20 @@ class FakeProviderApp:
         send: Send,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
-        pieces, finish_reason = answer_pieces(request)
+        answer = plan_answer(request, fault)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(answer.pieces) if answer.tool_name is None else None,
+            "refusal": None,
+        }
+        if answer.tool_name is not None:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_fake{next(self._ids):08d}",
+                    "type": "function",
+                    "function": {"name": answer.tool_name, "arguments": answer.tool_arguments},
+                }
+            ]
         body = _dumps(
             {
                 "id": f"chatcmpl-fake{next(self._ids):08d}",
@@ -531,21 +766,17 @@ class FakeProviderApp:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(pieces),
-                            "refusal": None,
-                        },
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": finish_reason,
+                        "finish_reason": fault.finish or answer.finish_reason,
                     }
                 ],
-                "usage": _usage(request.prompt_tokens, len(pieces)),
+                "usage": _usage(request, answer, fault),
             }
         )
         if fault.truncate_after is not None:
             body = body[: fault.truncate_after]  # malformed JSON on purpose
-        await _respond(send, 200, body, headers)
+        await _respond(send, 200, body, headers + _RATE_LIMIT_OK_HEADERS)
 
     async def _stream(
         self,
@@ -555,7 +786,7 @@ class FakeProviderApp:
         send: Send,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
-        pieces, finish_reason = answer_pieces(request)
+        answer = plan_answer(request, fault)
         head: dict[str, Any] = {
             "id": f"chatcmpl-fake{next(self._ids):08d}",
             "object": "chat.completion.chunk",
@@ -583,12 +814,34 @@ class FakeProviderApp:
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-cache"),
                     *headers,
+                    *_RATE_LIMIT_OK_HEADERS,
                 ],
             }
         )
+        if answer.tool_name is None:
+            events = [event({"role": "assistant", "content": "", "refusal": None})]
+            deltas = [event({"content": piece}) for piece in answer.pieces]
+        else:
+            call_id = f"call_fake{next(self._ids):08d}"
+            first = {
+                "index": 0,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": answer.tool_name, "arguments": ""},
+            }
+            events = [event({"role": "assistant", "content": None, "tool_calls": [first], "refusal": None})]
+            deltas = [
+                event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                for piece in answer.tool_argument_pieces
+            ]
         chunk_delay = fault.chunk_delay_ms / 1000
-        events = [event({"role": "assistant", "content": "", "refusal": None})]
-        for sent, piece in enumerate(pieces):
+        for sent, delta in enumerate(deltas):
+            if fault.error_after is not None and sent >= fault.error_after:
+                # The server fails mid-answer: an error event, then the body ends.
+                error = {"message": "The server had an error processing your request.", "type": "server_error"}
+                events.append(b"data: " + _dumps({"error": {**error, "param": None, "code": None}}) + b"\n\n")
+                await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+                return
             if fault.truncate_after is not None and sent >= fault.truncate_after:
                 # Cut short: no finish chunk, no usage, no [DONE].
                 await send(
@@ -599,7 +852,7 @@ class FakeProviderApp:
                     }
                 )
                 return
-            events.append(event({"content": piece}))
+            events.append(delta)
             if chunk_delay:
                 await send(
                     {
@@ -611,12 +864,12 @@ class FakeProviderApp:
                 events.clear()
                 if not await _sleep_unless_disconnected(chunk_delay, receive):
                     return
-        events.append(event({}, finish_reason))
+        events.append(event({}, fault.finish or answer.finish_reason))
         if request.include_usage:
             usage = {
                 **head,
                 "choices": [],
-                "usage": _usage(request.prompt_tokens, len(pieces)),
+                "usage": _usage(request, answer, fault),
             }
             events.append(b"data: " + _dumps(usage) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
@@ -625,11 +878,20 @@ class FakeProviderApp:
         await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(request: ChatRequest, answer: Answer, fault: Fault) -> dict[str, Any]:
+    # Cached tokens are part of prompt_tokens, reasoning tokens part of completion_tokens.
+    prompt_tokens = max(request.prompt_tokens, fault.cached_tokens)
     return {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": prompt_tokens + answer.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": fault.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": fault.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 

@@ -20,4 +20,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def provider_apps() -> dict[str, ASGIApp]:
     """Prefix (e.g. `/anthropic`) -> the ASGI app of that provider's fake."""
     apps: dict[str, ASGIApp] = {}
+    from .gemini import GeminiFakeApp  # imported here: the fakes import the OpenAI app, which imports this
+
+    apps["/gemini"] = GeminiFakeApp()
+    from .ollama import OllamaFakeApp
+
+    apps["/ollama"] = OllamaFakeApp()
+    from .mistral import MistralFakeApp
+
+    apps["/mistral"] = MistralFakeApp()
+    from .anthropic import AnthropicFakeApp
+
+    apps["/anthropic"] = AnthropicFakeApp()
+    from .cohere import CohereFakeApp
+
+    apps["/cohere"] = CohereFakeApp()
+    from .azure import AzureFakeApp
+
+    apps["/azure"] = AzureFakeApp()
     return apps

@@ -17,6 +17,10 @@ class RateLimitSettings:
     """YAML limits file (Envoy-style domains and descriptors); empty means no limits."""
     redis_url: str = ""
     """Redis shared by replicas, e.g. redis://127.0.0.1:6379/0; empty keeps counters in memory."""
+    reload_interval_s: float = 1.0
+    """How often the limits file is checked for changes (hot reload)."""
+    overrides_refresh_s: float = 1.0
+    """How often runtime overrides set through another replica are read from Redis."""
     otlp_endpoint: str = ""
     """OTLP/gRPC endpoint for spans; empty disables export."""
     log_level: str = "info"

@@ -13,12 +13,16 @@ class RouterSettings:
     """Interface the gRPC server binds."""
     port: int = 50051
     """gRPC port callers use; 0 picks a free one."""
+    reload_interval_s: float = 1.0
+    """How often the routing file (or ConfigMap directory) is checked for a new version."""
     routing_path: str = ""
-    """YAML routing config (providers and models); empty routes the default models to the fake provider."""
+    """Routing YAML, or a directory holding `routing.yaml` (a mounted ConfigMap); watched and
+    hot-swapped. Empty: the default models, on real providers whose keys are set, else on fakes."""
     price_overrides_path: str = ""
     """YAML of custom prices for private models: {models: {NAME: {input_per_mtok, output_per_mtok, ...}}}."""
-    fake_provider_url: str = "http://127.0.0.1:8089/v1"
-    """Base URL of the built-in fake provider, used when no routing config is given."""
+    fake_provider_url: str = "http://127.0.0.1:8089"
+    """Root URL of the built-in fake providers (a trailing `/v1` is ignored), used when no
+    routing config is given for providers whose API key is not in the environment."""
     http_host: str = "127.0.0.1"
     """Interface of the OpenAI/Anthropic-compatible HTTP facade."""
     http_port: int = 8080
@@ -26,7 +30,11 @@ class RouterSettings:
     ratelimit_target: str = "127.0.0.1:50052"
     """Rate-limiter gRPC address."""
     ratelimit_fail_open: bool = True
-    """Admit calls when the rate-limiter is unreachable (limits then hold per provider only)."""
+    """Default for rules the router has not yet seen a failure_mode for: admit calls when the
+    rate-limiter is unreachable. Each rule's own failure_mode (limits file) wins once seen."""
+    ratelimit_timeout_s: float = 0.5
+    """Longest wait for a rate-limit decision (capped by the caller's deadline) before the
+    rules' failure modes apply."""
     budget_target: str = "127.0.0.1:50053"
     """Budget service gRPC address. Budgets always fail closed."""
     auth_cache_ttl_s: float = 30.0

@@ -3,75 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import contextlib
 import logging
-import os
-from pathlib import Path
-from typing import Any
-
-import yaml
+import random
+import time
 
 from interlock._http import EmbeddedHttpServer
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.router.v1 import router_pb2
 from interlock.services.router import config
+from interlock.services.router.adapters.live_routing import LiveRouting, RoutingSources
 from interlock.services.router.adapters.mesh_clients import BudgetClient, RateLimitClient
-from interlock.services.router.adapters.openai import OpenAIProvider
 from interlock.services.router.api.http_facade import HttpFacade
 from interlock.services.router.api.servicer import RouterServicer
+from interlock.services.router.domain.chain import ChainExecutor
 from interlock.services.router.domain.flow import ChatFlow
-from interlock.services.router.domain.provider import ChatProvider
-from interlock.services.router.domain.routing import (
-    ProviderConfig,
-    RoutingConfig,
-    RoutingConfigError,
-    default_routing_document,
-    parse_routing_config,
-)
 
 log = logging.getLogger("interlock.router")
 
-# Local OpenAI-compatible servers (the built-in fake, vLLM, llama.cpp) take any bearer token.
-_NO_KEY = "interlock-no-key"
-
-
-def load_routing(settings: config.RouterSettings) -> RoutingConfig:
-    document: Any
-    if settings.routing_path:
-        document = yaml.safe_load(Path(settings.routing_path).read_text())
-        if not isinstance(document, dict):
-            raise RoutingConfigError(f"{settings.routing_path}: must be a YAML mapping")
-    else:
-        document = default_routing_document(settings.fake_provider_url)
-    overrides: Any = {}
-    if settings.price_overrides_path:
-        loaded = yaml.safe_load(Path(settings.price_overrides_path).read_text()) or {}
-        overrides = loaded.get("models", {}) if isinstance(loaded, dict) else None
-        if not isinstance(overrides, dict):
-            raise RoutingConfigError(f"{settings.price_overrides_path}: must be a mapping with `models`")
-    version = hashlib.sha256(json.dumps([document, overrides], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return parse_routing_config(document, version, overrides)
-
-
-def build_provider(cfg: ProviderConfig) -> ChatProvider:
-    api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else _NO_KEY
-    if not api_key:
-        raise RoutingConfigError(f"provider {cfg.name}: environment variable {cfg.api_key_env} is not set")
-    return OpenAIProvider(name=cfg.name, base_url=cfg.base_url, api_key=api_key, timeout_s=cfg.timeout_s)
-
 
 async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = None) -> None:
-    routing = load_routing(settings)
-    providers = {name: build_provider(cfg) for name, cfg in routing.providers.items()}
-    ratelimit = RateLimitClient(settings.ratelimit_target, settings.ratelimit_fail_open)
+    live = LiveRouting(RoutingSources(settings.routing_path, settings.price_overrides_path, settings.fake_provider_url))
+    ratelimit = RateLimitClient(settings.ratelimit_target, settings.ratelimit_fail_open, settings.ratelimit_timeout_s)
     budget = BudgetClient(settings.budget_target, settings.auth_cache_ttl_s)
-    flow = ChatFlow(ratelimit, budget, providers, lambda name: routing.providers[name].timeout_s)
-    servicer = RouterServicer(routing, flow, budget)
+    flow = ChatFlow(ratelimit, budget, ChainExecutor(clock=time.monotonic, rng=random.Random(), sleep=asyncio.sleep))
+    servicer = RouterServicer(live, flow, budget)
     facade = (
         EmbeddedHttpServer(
-            HttpFacade(lambda: servicer.config, flow, budget.authenticate),
+            HttpFacade(lambda: live.current, flow, budget.authenticate),
             settings.http_host,
             settings.http_port,
             grace_s=settings.grace_s,
@@ -89,9 +49,19 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         if facade is not None:
             await facade.stop()
 
+    watcher: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(live.watch(settings.reload_interval_s), name="routing-watch")
+        await start_facade()
+
     async def close() -> None:
-        for provider in providers.values():
-            await provider.aclose()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await live.aclose()
         await ratelimit.aclose()
         await budget.aclose()
 
@@ -100,7 +70,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         host=settings.host,
         port=settings.port,
         services=[(router_pb2.DESCRIPTOR.services_by_name["RouterService"], servicer)],
-        on_start=[start_facade],
+        on_start=[start],
         on_draining=[stop_facade],
         on_stop=[close],
         grace_s=settings.grace_s,

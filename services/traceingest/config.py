@@ -27,6 +27,24 @@ class TraceIngestSettings:
     """Kafka bootstrap servers (`host:port,...`); empty reads usage events from the local spool."""
     usage_topic: str = "interlock.usage.v1"
     """Kafka topic of usage events."""
+    dlq_topic: str = "interlock.usage.v1.dlq"
+    """Kafka topic that usage records which can never be stored go to, with the reason in headers."""
+    create_topics: bool = True
+    """Create the usage and dead-letter topics at start when missing (needs topic-create rights)."""
+    usage_topic_partitions: int = 6
+    """Partitions of a usage topic created here; events are keyed by org/project."""
+    usage_topic_retention_hours: int = 168
+    """Retention of a usage topic created here; long enough to replay a week of outage."""
+    dlq_topic_retention_hours: int = 720
+    """Retention of a dead-letter topic created here."""
+    topic_replication_factor: int = 1
+    """Replication factor of topics created here (3 on a production cluster)."""
+    dlq_spool_path: str = "var/spool/usage.dlq.db"
+    """Dead letters in embedded mode: a spool file (same format as the usage spool)."""
+    budget_target: str = "127.0.0.1:50053"
+    """Budget service that checks the API keys QueryCosts callers send; empty: keyed calls are refused."""
+    require_api_key: bool = False
+    """Refuse QueryCosts without an API key (keyless calls are operators' calls otherwise)."""
     consumer_group: str = "interlock-trace-ingest"
     """Kafka consumer group, and the spool's consumer group name."""
     spool_path: str = "var/spool/usage.db"

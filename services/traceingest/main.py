@@ -10,8 +10,11 @@ from opentelemetry.trace import TracerProvider
 
 from interlock._server import GrpcService
 from interlock._telemetry import setup_logging, setup_tracing
+from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, EmbeddedClickHouse, HttpClickHouse
+from interlock.services.traceingest.adapters.dead_letters import DeadLetterSink, KafkaDeadLetters, SpoolDeadLetters
 from interlock.services.traceingest.adapters.kafka_consumer import KafkaUsageConsumer
+from interlock.services.traceingest.adapters.kafka_topics import TopicSpec, ensure_topics
 from interlock.services.traceingest.adapters.retry import Backoff
 from interlock.services.traceingest.adapters.span_writer import SpanWriter
 from interlock.services.traceingest.adapters.spool_consumer import SpoolUsageConsumer
@@ -46,49 +49,80 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
         buffer_limit=settings.span_buffer_limit,
         backoff=backoff,
     )
+    dead_letters: DeadLetterSink
+    if settings.kafka_bootstrap:
+        dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, settings.dlq_topic)
+    else:
+        dead_letters = SpoolDeadLetters(Path(settings.dlq_spool_path))
+    ingestor = UsageIngestor(
+        store,
+        decode_usage_event,
+        process_span_name=f"{settings.usage_topic} process",
+        backoff=backoff,
+        tracer=tracer,
+        dead_letters=dead_letters,
+    )
     consumer: KafkaUsageConsumer | SpoolUsageConsumer
     if settings.kafka_bootstrap:
+        bootstrap = settings.kafka_bootstrap
+        topics = usage_topic_specs(settings)
+
+        async def create_topics() -> None:
+            await ensure_topics(bootstrap, topics)
+
         consumer = KafkaUsageConsumer(
             settings.kafka_bootstrap,
             settings.usage_topic,
             settings.consumer_group,
-            UsageIngestor(
-                store,
-                decode_usage_event,
-                process_span_name=f"{settings.usage_topic} process",
-                backoff=backoff,
-                tracer=tracer,
-            ),
+            ingestor,
             max_records=settings.usage_batch_size,
             backoff=backoff,
+            prepare=create_topics if settings.create_topics else None,
         )
     else:
         consumer = SpoolUsageConsumer(
             UsageSpool(Path(settings.spool_path)),
             settings.consumer_group,
-            UsageIngestor(
-                store,
-                decode_usage_event,
-                process_span_name=f"{settings.usage_topic} process",
-                backoff=backoff,
-                tracer=tracer,
-            ),
+            ingestor,
             destination=settings.usage_topic,
             max_records=settings.usage_batch_size,
             poll_interval_s=settings.spool_poll_interval_s,
             backoff=backoff,
         )
+    auth = BudgetAuthenticator(settings.budget_target) if settings.budget_target else None
+    servicer = TraceIngestServicer(store, auth, require_api_key=settings.require_api_key)
+    on_stop = [consumer.stop, dead_letters.stop, writer.stop, store.close]
+    if auth is not None:
+        on_stop.append(auth.close)
     return GrpcService(
         name=SERVICE.full_name,
         host=settings.host,
         port=settings.port,
-        services=[(SERVICE, TraceIngestServicer(store))],
+        services=[(SERVICE, servicer)],
         extra_registrations=[OtlpTraceServicer(writer).register],
-        on_start=[store.start, writer.start, consumer.start],
+        # store.start applies pending schema migrations before anything is consumed.
+        on_start=[store.start, writer.start, dead_letters.start, consumer.start],
         # The server has stopped taking calls by now: consume no more, write what is held, close.
-        on_stop=[consumer.stop, writer.stop, store.close],
+        on_stop=on_stop,
         grace_s=settings.grace_s,
     )
+
+
+def usage_topic_specs(settings: TraceIngestSettings) -> list[TopicSpec]:
+    """The usage topic and its dead-letter topic, as trace-ingest creates them."""
+    hour_ms = 3_600_000
+    return [
+        TopicSpec(
+            settings.usage_topic,
+            settings.usage_topic_partitions,
+            settings.usage_topic_retention_hours * hour_ms,
+            settings.topic_replication_factor,
+        ),
+        # Dead letters are few and read by people: one partition keeps them in arrival order.
+        TopicSpec(
+            settings.dlq_topic, 1, settings.dlq_topic_retention_hours * hour_ms, settings.topic_replication_factor
+        ),
+    ]
 
 
 def main() -> None:

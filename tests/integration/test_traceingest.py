@@ -185,6 +185,7 @@ def _settings(tmp_path: Path, **fields: Any) -> TraceIngestSettings:
         port=0,
         chdb_path=str(tmp_path / "chdb"),
         spool_path=str(tmp_path / "spool.db"),
+        dlq_spool_path=str(tmp_path / "spool.dlq.db"),
         retry_initial_s=0.05,
         retry_max_s=0.5,
         grace_s=2.0,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
 import pytest_asyncio
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from interlock.services.fakeprovider import serve_fake_provider
 
@@ -184,3 +185,107 @@ async def test_stream_truncated_fault_has_no_finish(client: openai.AsyncOpenAI) 
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: What"
     assert all(c.usage is None for c in chunks)
     assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
+
+
+TOOLS: list[ChatCompletionToolParam] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a thing up.",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
+
+
+async def test_tool_call_and_result(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="fake-echo@tool_call=lookup", messages=PROMPT, tools=TOOLS, tool_choice="auto"
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.function.name == "lookup"
+    assert json.loads(call.function.arguments) == {"text": "What is the capital of France?"}
+    followup = await client.chat.completions.create(
+        model="fake-echo@tool_call=lookup",
+        tools=TOOLS,
+        messages=[
+            *PROMPT,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": call.function.arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.id, "content": "Paris"},
+        ],
+    )
+    assert followup.choices[0].message.content == "Echo: Paris"
+
+
+async def test_streamed_tool_call(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="fake-echo@tool_call=lookup",
+        messages=PROMPT,
+        tools=TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arguments = ""
+    finish = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or ():
+                assert call.index == 0
+                arguments += (call.function.arguments or "") if call.function else ""
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert json.loads(arguments) == {"text": "What is the capital of France?"}
+
+
+async def test_usage_details(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="fake-echo@cached_tokens=4;reasoning_tokens=9",
+        messages=PROMPT,
+        response_format={"type": "json_object"},
+        top_p=0.5,
+        stop=["END"],
+    )
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 4
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 9
+    assert usage.completion_tokens == 7 + 9
+
+
+async def test_429_carries_rate_limit_headers(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="fake-echo@status=429;retry_after=3", messages=PROMPT)
+    headers = caught.value.response.headers
+    assert headers["retry-after"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-limit-requests"] and headers["x-ratelimit-reset-requests"]
+
+
+async def test_context_length_error_code(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="fake-echo@code=context_length_exceeded", messages=PROMPT)
+    assert caught.value.code == "context_length_exceeded"
+
+
+async def test_injected_server_errors(client: openai.AsyncOpenAI) -> None:
+    for status in (500, 503):
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(model=f"fake-echo@status={status}", messages=PROMPT)
+        assert caught.value.status_code == status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,10 @@ from interlock.services.router.domain.provider import (
     StreamDelta,
     StreamEnd,
     StreamItem,
+    StreamToolCallDelta,
     TokenUsage,
+    ToolCall,
+    ToolSpec,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -130,8 +134,8 @@ async def test_rate_limited_with_retry_after(provider: OpenAIProvider) -> None:
 @pytest.mark.parametrize(
     ("status", "kind"),
     [
-        (500, ProviderErrorKind.UNAVAILABLE),
-        (503, ProviderErrorKind.UNAVAILABLE),
+        (500, ProviderErrorKind.SERVER_ERROR),
+        (503, ProviderErrorKind.OVERLOADED),
         (401, ProviderErrorKind.AUTH),
         (403, ProviderErrorKind.AUTH),
         (400, ProviderErrorKind.BAD_REQUEST),
@@ -205,15 +209,15 @@ async def test_stream_deadline_covers_the_whole_stream(
     assert len(received) < 6  # cut mid-answer (the full answer has 6 deltas and an end)
 
 
-async def test_connection_refused_is_unavailable() -> None:
+async def test_connection_refused_is_server_error() -> None:
     adapter = OpenAIProvider(base_url="http://127.0.0.1:9/v1", api_key=API_KEY)
     try:
         with pytest.raises(ProviderError) as caught:
             await adapter.chat(make_request())
-        assert caught.value.kind == ProviderErrorKind.UNAVAILABLE
+        assert caught.value.kind == ProviderErrorKind.SERVER_ERROR
         with pytest.raises(ProviderError) as caught:
             await collect(adapter, make_request())
-        assert caught.value.kind == ProviderErrorKind.UNAVAILABLE
+        assert caught.value.kind == ProviderErrorKind.SERVER_ERROR
     finally:
         await adapter.aclose()
 
@@ -229,3 +233,81 @@ async def test_api_key_never_leaks(provider: OpenAIProvider) -> None:
         assert API_KEY not in str(error)
         assert API_KEY not in repr(error)
         assert all(API_KEY not in value for value in error.details.values())
+
+
+TOOLS = (ToolSpec("lookup", "Look a thing up.", {"type": "object", "properties": {"text": {"type": "string"}}}),)
+
+
+async def test_request_options_are_accepted(provider: OpenAIProvider) -> None:
+    response = await provider.chat(make_request(top_p=0.5, stop=("END", "STOP"), json_mode=True, temperature=0.1))
+    assert response.text == "Echo: Name three primary colours, please."
+
+
+async def test_usage_details(provider: OpenAIProvider) -> None:
+    model = "fake-echo@cached_tokens=5;reasoning_tokens=10"
+    expected = TokenUsage(input_tokens=7, output_tokens=16, cached_input_tokens=5, reasoning_tokens=10)
+    assert (await provider.chat(make_request(model))).usage == expected
+    end = (await collect(provider, make_request(model)))[-1]
+    assert isinstance(end, StreamEnd) and end.usage == expected
+
+
+async def test_tool_call_round_trip(provider: OpenAIProvider) -> None:
+    first = await provider.chat(make_request("fake-echo@tool_call=lookup", tools=TOOLS, tool_choice="required"))
+    assert first.finish_reason == "tool_calls"
+    assert first.text == ""
+    (call,) = first.tool_calls
+    assert call.name == "lookup" and call.id.startswith("call_")
+    assert json.loads(call.arguments) == {"text": "Name three primary colours, please."}
+    followup = make_request(
+        "fake-echo@tool_call=lookup",
+        tools=TOOLS,
+        messages=(
+            *MESSAGES,
+            ChatMessage("assistant", "", tool_calls=(call,)),
+            ChatMessage("tool", "red yellow blue", tool_call_id=call.id, name="lookup"),
+        ),
+    )
+    answer = await provider.chat(followup)
+    assert (answer.text, answer.finish_reason) == ("Echo: red yellow blue", "stop")
+
+
+async def test_streamed_tool_call(provider: OpenAIProvider) -> None:
+    items = await collect(provider, make_request("fake-echo@tool_call=lookup", tools=TOOLS, tool_choice="lookup"))
+    pieces = [item for item in items if isinstance(item, StreamToolCallDelta)]
+    assert pieces[0].name == "lookup" and pieces[0].id.startswith("call_")
+    assert len(pieces) > 2
+    end = items[-1]
+    assert isinstance(end, StreamEnd) and end.finish_reason == "tool_calls"
+    (call,) = end.tool_calls
+    assert call == ToolCall(id=pieces[0].id, name="lookup", arguments="".join(p.arguments for p in pieces))
+    assert json.loads(call.arguments) == {"text": "Name three primary colours, please."}
+
+
+async def test_content_filter_finish(provider: OpenAIProvider) -> None:
+    assert (await provider.chat(make_request("fake-echo@finish=content_filter"))).finish_reason == "content_filter"
+
+
+@pytest.mark.parametrize(
+    ("directive", "kind", "status"),
+    [
+        ("code=context_length_exceeded", ProviderErrorKind.CONTEXT_LENGTH_EXCEEDED, 400),
+        ("code=content_filter", ProviderErrorKind.CONTENT_FILTERED, 400),
+        ("code=content_policy_violation", ProviderErrorKind.CONTENT_FILTERED, 400),
+        ("status=529", ProviderErrorKind.OVERLOADED, 529),
+        ("status=502", ProviderErrorKind.SERVER_ERROR, 502),
+    ],
+)
+async def test_error_codes(provider: OpenAIProvider, directive: str, kind: str, status: int) -> None:
+    for call in (provider.chat, lambda r: collect(provider, r)):
+        with pytest.raises(ProviderError) as caught:
+            await call(make_request(f"fake-echo@{directive}"))
+        assert (caught.value.kind, caught.value.status_code) == (kind, status)
+
+
+async def test_error_event_mid_stream_is_server_error(provider: OpenAIProvider) -> None:
+    received: list[StreamItem] = []
+    with pytest.raises(ProviderError) as caught:
+        async for item in provider.stream(make_request("fake-echo@error_after=1")):
+            received.append(item)
+    assert caught.value.kind == ProviderErrorKind.SERVER_ERROR
+    assert received == [StreamDelta("Echo:")]

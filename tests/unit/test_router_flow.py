@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
+import grpc
 import pytest
 
-from interlock.errors import BudgetExceededError, InvalidArgumentError, RateLimitedError, UpstreamError
+from interlock.errors import BudgetExceededError, InvalidArgumentError, RateLimitedError, UpstreamError, to_status
+from interlock.services.router.domain.chain import ChainExecutor
 from interlock.services.router.domain.chat import MAX_PROMPT_BYTES, ChatCall, input_token_bound, validate_chat
-from interlock.services.router.domain.flow import Admission, Caller, ChatFlow, ChatResult, Reservation
+from interlock.services.router.domain.defaults import default_routing_document as defaults
+from interlock.services.router.domain.flow import (
+    Admission,
+    Caller,
+    ChatFlow,
+    ChatResult,
+    Reservation,
+    budget_exceeded,
+    produced_usage,
+)
 from interlock.services.router.domain.provider import (
     ChatMessage,
     ProviderError,
@@ -17,13 +30,15 @@ from interlock.services.router.domain.provider import (
     StreamDelta,
     StreamEnd,
     StreamItem,
+    StreamToolCallDelta,
     TokenUsage,
 )
-from interlock.services.router.domain.routing import (
-    RoutingConfigError,
-    default_routing_document,
-    parse_routing_config,
-)
+from interlock.services.router.domain.routing import RoutingConfigError, parse_routing_config
+
+
+def default_routing_document(fake_server_url: str) -> dict[str, Any]:
+    return defaults(fake_server_url, {})[0]
+
 
 CONFIG = parse_routing_config(default_routing_document("http://127.0.0.1:1/v1"), "test")
 CALLER = Caller("default", "search", "alice", "k1")
@@ -123,8 +138,31 @@ class Provider:
         return None
 
 
-def flow(ports: Ports, provider: Provider) -> ChatFlow:
-    return ChatFlow(ports, ports, {"openai": provider}, lambda _: 10.0)
+class BoundFlow:
+    """A ChatFlow with the providers of one config snapshot bound, as the servicer calls it."""
+
+    def __init__(self, ports: Ports, provider: Provider) -> None:
+        async def no_sleep(_: float) -> None:
+            return None
+
+        chain = ChainExecutor(clock=lambda: 0.0, rng=random.Random(7), sleep=no_sleep)
+        self.flow = ChatFlow(ports, ports, chain)
+        self.providers = {"openai": provider}
+
+    async def chat(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> ChatResult:
+        return await self.flow.chat(caller, call, timeout_s, self.providers)
+
+    def stream(
+        self, caller: Caller, call: ChatCall, timeout_s: float | None
+    ) -> AsyncIterator[str | StreamToolCallDelta | ChatResult]:
+        return self.flow.stream(caller, call, timeout_s, self.providers)
+
+    def worst_case_nanos(self, call: ChatCall) -> int:
+        return ChatFlow.worst_case_nanos(call)
+
+
+def flow(ports: Ports, provider: Provider) -> BoundFlow:
+    return BoundFlow(ports, provider)
 
 
 async def test_success_reserves_worst_case_and_commits_actual() -> None:
@@ -135,6 +173,8 @@ async def test_success_reserves_worst_case_and_commits_actual() -> None:
     assert result.cost_nanos == actual
     assert ports.log == [("reserve", flow(ports, Provider()).worst_case_nanos(c)), ("commit", actual)]
     assert ports.log[0][1] > actual  # type: ignore[operator]
+    # The rate-limiter's token estimate is corrected by the billed usage, once.
+    assert ports.usage_records == [TokenUsage(3, 2)]
 
 
 async def test_rate_limited_releases_the_reservation() -> None:
@@ -169,14 +209,50 @@ async def test_stream_yields_deltas_then_result_and_commits_once() -> None:
     assert [k for k, _ in ports.log] == ["reserve", "commit"]
 
 
-async def test_stream_cut_by_provider_releases() -> None:
+async def test_stream_cut_by_provider_commits_what_was_produced() -> None:
+    # The provider bills the tokens it generated before the cut: one delta "hi " here.
     ports = Ports()
+    c = call()
     with pytest.raises(UpstreamError):
-        async for _ in flow(ports, Provider(fail=ProviderError("openai", "protocol", "cut"))).stream(
-            CALLER, call(), None
-        ):
+        async for _ in flow(ports, Provider(fail=ProviderError("openai", "protocol", "cut"))).stream(CALLER, c, None):
             pass
-    assert [k for k, _ in ports.log] == ["reserve", "release"]
+    assert ports.log[1] == ("commit", c.route.pricing.cost_nanos(input_token_bound(c.messages), 1))
+
+
+async def test_stream_abandoned_by_the_caller_commits_only_what_was_produced() -> None:
+    ports = Ports()
+    c = call()
+    stream = cast("AsyncGenerator[object, None]", flow(ports, Provider()).stream(CALLER, c, None))
+    assert await anext(stream) == "hi "
+    await stream.aclose()  # the caller went away after one delta
+    produced = c.route.pricing.cost_nanos(input_token_bound(c.messages), 1)
+    assert ports.log == [("reserve", flow(ports, Provider()).worst_case_nanos(c)), ("commit", produced)]
+    assert produced < flow(ports, Provider()).worst_case_nanos(c)
+
+
+def test_produced_usage_rounds_up_and_never_exceeds_max_tokens() -> None:
+    c = call()
+    assert produced_usage(c, []).output_tokens == 0
+    assert produced_usage(c, ["a", "b"]).output_tokens == 2  # at least one token per delta
+    assert produced_usage(c, ["abcdefghi"]).output_tokens == 3  # ceil(9 bytes / 4)
+    assert produced_usage(c, ["x" * 10_000]).output_tokens == c.max_tokens
+
+
+def test_budget_refusal_names_limit_spend_and_reset_time() -> None:
+    refusal = Reservation(
+        False, "project:acme/search", 25_000_000, 1_000_000_000, 900_000_000, 75_000_000, 1_735_689_600.0, "month"
+    )
+    err = budget_exceeded(refusal, 30_000_000)
+    assert err.metadata["scope"] == "project:acme/search"
+    assert (err.metadata["limit_usd"], err.metadata["spent_usd"], err.metadata["reserved_usd"]) == (
+        "1",
+        "0.9",
+        "0.075",
+    )
+    assert err.metadata["reset_at"] == "2025-01-01T00:00:00Z"
+    assert "resets 2025-01-01T00:00:00Z" in err.message and "limit $1 per month" in err.message
+    status = to_status(err)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 def test_custom_prices_for_private_models_and_overrides() -> None:

@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from interlock.errors import InvalidArgumentError
+from interlock.costs_cli import day_over_day, render_chart_html
+from interlock.errors import InvalidArgumentError, PermissionDeniedError
+from interlock.services.traceingest.adapters.migrations import load_migrations
 from interlock.services.traceingest.domain import (
     ALLOWED_DIMENSIONS,
+    MAX_SCHEMA_VERSION,
     REDACTED,
     CostQuery,
     Dimension,
@@ -28,7 +31,17 @@ def test_cost_query_keeps_allowed_dimensions_in_request_order() -> None:
 
 
 def test_every_documented_dimension_is_allowed() -> None:
-    assert set(ALLOWED_DIMENSIONS) == {"org", "project", "developer", "provider", "model", "agent", "run_id"}
+    assert set(ALLOWED_DIMENSIONS) == {
+        "org",
+        "project",
+        "developer",
+        "provider",
+        "model",
+        "agent",
+        "run_id",
+        "day",
+        "hour",
+    }
     assert CostQuery.parse(list(ALLOWED_DIMENSIONS), None, "", "").group_by == tuple(Dimension)
 
 
@@ -155,3 +168,64 @@ def test_valid_usage_record_has_no_problems() -> None:
 def test_usage_record_without_event_id_or_with_negative_counts_is_refused() -> None:
     assert _usage(event_id="").problems() == ["event_id is empty"]
     assert _usage(cost_nanos=-1, input_tokens=-2).problems() == ["input_tokens is negative", "cost_nanos is negative"]
+
+
+# cost analytics: tenant scope, schema versions, migrations, day-over-day, chart
+
+
+def test_a_tenant_scope_forces_its_project_and_refuses_another() -> None:
+    query = CostQuery.parse(["model"], None, "", "")
+    assert (query.scoped_to("acme", "alpha").org, query.scoped_to("acme", "alpha").project) == ("acme", "alpha")
+    assert CostQuery.parse([], None, "acme", "alpha").scoped_to("acme", "alpha").project == "alpha"
+    with pytest.raises(PermissionDeniedError):
+        CostQuery.parse([], None, "", "beta").scoped_to("acme", "alpha")
+    with pytest.raises(PermissionDeniedError):
+        CostQuery.parse([], None, "globex", "").scoped_to("acme", "alpha")
+
+
+def test_cost_query_checks_range_and_limit() -> None:
+    since = datetime(2025, 10, 9, tzinfo=UTC)
+    with pytest.raises(InvalidArgumentError) as bad_until:
+        CostQuery.parse([], since, "", "", until=since)
+    assert bad_until.value.field == "until"
+    with pytest.raises(InvalidArgumentError) as bad_limit:
+        CostQuery.parse([], None, "", "", limit=-1)
+    assert bad_limit.value.field == "limit"
+
+
+def test_usage_record_from_a_newer_producer_or_with_broken_sums_is_refused() -> None:
+    base = UsageRecord("e1", "acme", "p", "d", "k", "openai", "m", 10, 5, 100, "ok", 0, "", "", "")
+    assert base.problems() == []
+    assert replace(base, schema_version=MAX_SCHEMA_VERSION + 1).problems()
+    assert replace(base, cached_input_tokens=11).problems() == ["cached_input_tokens exceeds input_tokens"]
+    assert replace(base, project="").problems() == ["org and project must be set"]
+
+
+def test_migration_files_are_numbered_in_order_and_split_into_statements() -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    for m in migrations:
+        statements = m.statements("analytics")
+        assert statements and all("{db}" not in s and not s.endswith(";") for s in statements)
+        assert all("analytics." in s for s in statements)
+
+
+def test_day_over_day_compares_each_group_with_its_previous_day() -> None:
+    rows = [
+        {"day": "2025-10-01", "project": "a", "cost_nanos": 1_000_000_000},
+        {"day": "2025-10-02", "project": "a", "cost_nanos": 1_500_000_000},
+        {"day": "2025-10-02", "project": "b", "cost_nanos": 10},
+    ]
+    changes = day_over_day(rows, ["project"])
+    assert [(c["day"], c["project"], c["change_pct"]) for c in changes] == [
+        ("2025-10-01", "a", "new"),
+        ("2025-10-02", "a", "+50.0%"),
+        ("2025-10-02", "b", "new"),
+    ]
+    assert changes[1]["change_usd"] == "0.5"
+
+
+def test_chart_is_self_contained_svg_in_html() -> None:
+    page = render_chart_html("cost <of> p", [("2025-10-01", 5), ("2025-10-02", 10)])
+    assert page.startswith("<!doctype html>") and "<svg" in page and "cost &lt;of&gt; p" in page
+    assert page.count("<rect") == 2 and "http" not in page.replace("http://www.w3.org/2000/svg", "")

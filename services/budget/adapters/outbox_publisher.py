@@ -1,7 +1,8 @@
-"""Drains the ledger's outbox into the usage sink: at-least-once, in commit order.
+"""Drains the ledger's outbox into the sinks: usage events, then alert events; at-least-once, in commit order.
 
 An event leaves the outbox only after the sink has it durably; a crash between the two
-re-sends it, and consumers collapse repeats by event id.
+re-sends it, and consumers collapse repeats by event id. Budget replicas sharing one
+PostgreSQL ledger each drain it, so a usage event may be published more than once too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context, propagate
 
-from interlock.services.budget.adapters.sqlite_ledger import OutboxEntry, SqliteLedger
+from interlock.services.budget.adapters.ledger import AlertEntry, BudgetLedger, OutboxEntry
 from interlock.services.budget.adapters.usage_sink import UsageSink
-from interlock.services.budget.domain.usage import SettledUsage
+from interlock.services.budget.domain.usage import BudgetAlert, SettledUsage
 from interlock.usage.v1 import usage_pb2
 
 log = logging.getLogger("interlock.budget.outbox")
@@ -42,19 +43,49 @@ def to_event(usage: SettledUsage) -> usage_pb2.UsageEvent:
         trace_id=usage.trace_id,
         run_id=usage.run_id,
         agent=usage.agent,
+        config_version=str(usage.details.get("config_version", "")),
+        cached_input_tokens=int(usage.details.get("cached_input_tokens", 0)),
+        reasoning_tokens=int(usage.details.get("reasoning_tokens", 0)),
+        cache_write_tokens=int(usage.details.get("cache_write_tokens", 0)),
+        latency_ms=int(usage.details.get("latency_ms", 0)),
+    )
+
+
+def _timestamp(unix_s: float) -> Timestamp | None:
+    if not unix_s:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(unix_s * 1e9))
+    return ts
+
+
+def to_alert_event(alert: BudgetAlert) -> usage_pb2.AlertEvent:
+    return usage_pb2.AlertEvent(
+        event_id=alert.alert_id,
+        scope=alert.scope_key,
+        threshold_pct=alert.threshold_pct,
+        limit_nanos=alert.limit_nanos,
+        committed_nanos=alert.committed_nanos,
+        window=alert.window.value,
+        window_start=_timestamp(alert.window_start),
+        reset_at=_timestamp(alert.reset_at),
+        request_id=alert.request_id,
+        occurred_at=_timestamp(alert.occurred_at),
     )
 
 
 class OutboxPublisher:
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: BudgetLedger,
         sink: UsageSink,
         run_in_ledger_thread: Callable[..., asyncio.Future[object]],
         batch_size: int = 200,
+        alert_sink: UsageSink | None = None,
     ) -> None:
         self._ledger = ledger
         self._sink = sink
+        self._alert_sink = alert_sink
         self._run = run_in_ledger_thread
         self._batch_size = batch_size
         self._wake = asyncio.Event()
@@ -67,6 +98,8 @@ class OutboxPublisher:
 
     async def start(self) -> None:
         await self._sink.start()
+        if self._alert_sink is not None:
+            await self._alert_sink.start()
         self._task = asyncio.create_task(self._run_loop(), name="outbox-publisher")
 
     async def stop(self) -> None:
@@ -75,6 +108,8 @@ class OutboxPublisher:
         if self._task is not None:
             await self._task
         await self._sink.stop()
+        if self._alert_sink is not None:
+            await self._alert_sink.stop()
 
     async def _run_loop(self) -> None:
         backoff = 0.1
@@ -106,6 +141,25 @@ class OutboxPublisher:
         finally:
             if done:
                 await self._run(self._ledger.mark_published, done, time.time())
+        return len(done) + await self._drain_alerts()
+
+    async def _drain_alerts(self) -> int:
+        if self._alert_sink is None:
+            return 0
+        alerts: list[AlertEntry] = await self._run(self._ledger.pending_alerts, self._batch_size)  # type: ignore[assignment]
+        done: list[str] = []
+        try:
+            for entry in alerts:
+                token = context.attach(propagate.extract(dict(entry.headers)))
+                try:
+                    value = to_alert_event(entry.alert).SerializeToString()
+                    await self._alert_sink.publish(entry.alert.alert_id, value, [])
+                finally:
+                    context.detach(token)
+                done.append(entry.alert.alert_id)
+        finally:
+            if done:
+                await self._run(self._ledger.mark_alerts_published, done, time.time())
         return len(done)
 
     async def _publish(self, entry: OutboxEntry) -> None:
@@ -114,6 +168,9 @@ class OutboxPublisher:
         token = context.attach(parent)
         try:
             value = to_event(entry.usage).SerializeToString()
-            await self._sink.publish(entry.usage.request_id, value, [])
+            # Keyed by org/project: one project's events share a partition, so they keep their
+            # order and copies of one event meet the same consumer (trace-ingest drops them).
+            principal = entry.usage.principal
+            await self._sink.publish(f"{principal.org}/{principal.project}", value, [])
         finally:
             context.detach(token)

@@ -1,4 +1,4 @@
-"""BudgetService: protobuf <-> domain translation over the SQLite ledger."""
+"""BudgetService: protobuf <-> domain translation over the ledger (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,26 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate
 
 from interlock._telemetry import current_trace_id
 from interlock.budget.v1 import budget_pb2
 from interlock.errors import AuthenticationError, InvalidArgumentError
-from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
+from interlock.services.budget.adapters.ledger import BudgetLedger
 from interlock.services.budget.domain.model import (
     DEFAULT_ORG,
+    BudgetPolicy,
     Principal,
     Scope,
     ScopeKind,
+    ScopeSpend,
     check_name,
+    check_thresholds,
     split_api_key,
 )
-from interlock.services.budget.domain.usage import SettledUsage
+from interlock.services.budget.domain.usage import SettledUsage, reservation_key
+from interlock.services.budget.domain.window import Window, check_time_zone
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -32,7 +37,15 @@ _KINDS = {
     budget_pb2.SCOPE_KIND_ORG: ScopeKind.ORG,
     budget_pb2.SCOPE_KIND_PROJECT: ScopeKind.PROJECT,
     budget_pb2.SCOPE_KIND_DEVELOPER: ScopeKind.DEVELOPER,
+    budget_pb2.SCOPE_KIND_API_KEY: ScopeKind.API_KEY,
 }
+_WINDOWS = {
+    budget_pb2.BUDGET_WINDOW_UNSPECIFIED: Window.NONE,
+    budget_pb2.BUDGET_WINDOW_DAY: Window.DAY,
+    budget_pb2.BUDGET_WINDOW_WEEK: Window.WEEK,
+    budget_pb2.BUDGET_WINDOW_MONTH: Window.MONTH,
+}
+_WINDOW_PB = {w: pb for pb, w in _WINDOWS.items()}
 _MAX_REQUEST_ID = 128
 
 
@@ -58,17 +71,40 @@ def _principal_pb(p: Principal) -> budget_pb2.Principal:
 def _scope(s: budget_pb2.Scope) -> Scope:
     kind = _KINDS.get(s.kind)
     if kind is None:
-        raise InvalidArgumentError("must be ORG, PROJECT or DEVELOPER", field="scope.kind")
+        raise InvalidArgumentError("must be ORG, PROJECT, DEVELOPER or API_KEY", field="scope.kind")
     org = check_name("scope.org", s.org or DEFAULT_ORG)
     project = check_name("scope.project", s.project) if kind is not ScopeKind.ORG else ""
-    developer = check_name("scope.developer", s.developer) if kind is ScopeKind.DEVELOPER else ""
-    return Scope(kind, org, project, developer)
+    wide = (ScopeKind.ORG, ScopeKind.PROJECT)
+    developer = check_name("scope.developer", s.developer) if kind not in wide else ""
+    key_id = check_name("scope.api_key_id", s.api_key_id) if kind is ScopeKind.API_KEY else ""
+    return Scope(kind, org, project, developer, key_id)
+
+
+def _timestamp(unix_s: float) -> Timestamp | None:
+    if not unix_s:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(unix_s * 1e9))
+    return ts
+
+
+def _refusal(spend: ScopeSpend | None) -> dict[str, Any]:
+    """ReserveResponse fields naming the budget that refused: limit, spend, reset time."""
+    if spend is None:
+        return {}
+    return {
+        "limit_nanos": spend.limit_nanos or 0,
+        "committed_nanos": spend.committed_nanos,
+        "reserved_nanos": spend.reserved_nanos,
+        "reset_at": _timestamp(spend.span.reset_at),
+        "window": spend.window.value,
+    }
 
 
 class BudgetServicer:
     def __init__(
         self,
-        ledger: SqliteLedger,
+        ledger: BudgetLedger,
         reservation_ttl_s: float,
         on_commit: Callable[[], None],
         clock: Callable[[], float] = time.time,
@@ -77,7 +113,7 @@ class BudgetServicer:
         self._ttl = reservation_ttl_s
         self._on_commit = on_commit
         self._clock = clock
-        # One thread owns the SQLite connection; the event loop never blocks on disk.
+        # One thread owns the ledger's connection; the event loop never blocks on disk.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
 
     def run_in_ledger_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -87,7 +123,7 @@ class BudgetServicer:
         self._pool.shutdown(wait=True)
 
     async def Reserve(self, request: budget_pb2.ReserveRequest, context: Ctx) -> budget_pb2.ReserveResponse:
-        request_id = _request_id(request.request_id)
+        request_id = reservation_key(_request_id(request.request_id), request.attempt)
         principal = _principal(request.principal)
         if request.amount_nanos < 0:
             raise InvalidArgumentError("must not be negative", field="amount_nanos")
@@ -99,11 +135,13 @@ class BudgetServicer:
             granted=decision.granted,
             exceeded_scope=decision.exceeded_scope,
             remaining_nanos=decision.remaining_nanos,
+            **_refusal(decision.refused_by),
         )
 
     async def Commit(self, request: budget_pb2.CommitRequest, context: Ctx) -> budget_pb2.CommitResponse:
-        request_id = _request_id(request.request_id)
-        for name in ("cost_nanos", "input_tokens", "output_tokens"):
+        request_id = reservation_key(_request_id(request.request_id), request.attempt)
+        numbers = ("cost_nanos", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+        for name in (*numbers, "cache_write_tokens", "latency_ms"):
             if getattr(request, name) < 0:
                 raise InvalidArgumentError("must not be negative", field=name)
         usage = SettledUsage(
@@ -118,6 +156,13 @@ class BudgetServicer:
             trace_id=current_trace_id(),
             run_id=request.run_id,
             agent=request.agent,
+            details={
+                "config_version": request.config_version,
+                "cached_input_tokens": request.cached_input_tokens,
+                "reasoning_tokens": request.reasoning_tokens,
+                "cache_write_tokens": request.cache_write_tokens,
+                "latency_ms": request.latency_ms,
+            },
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -127,7 +172,8 @@ class BudgetServicer:
         return budget_pb2.CommitResponse(first_commit=first)
 
     async def Release(self, request: budget_pb2.ReleaseRequest, context: Ctx) -> budget_pb2.ReleaseResponse:
-        released = await self.run_in_ledger_thread(self._ledger.release, _request_id(request.request_id))
+        request_id = reservation_key(_request_id(request.request_id), request.attempt)
+        released = await self.run_in_ledger_thread(self._ledger.release, request_id)
         return budget_pb2.ReleaseResponse(released=released)
 
     async def CreateApiKey(
@@ -159,15 +205,37 @@ class BudgetServicer:
         scope = _scope(request.scope)
         if request.limit_nanos < 0:
             raise InvalidArgumentError("must not be negative", field="limit_nanos")
-        await self.run_in_ledger_thread(self._ledger.set_budget, scope, request.limit_nanos)
-        return budget_pb2.SetBudgetResponse(scope=request.scope, limit_nanos=request.limit_nanos)
+        window = _WINDOWS.get(request.window)
+        if window is None:
+            raise InvalidArgumentError("must be DAY, WEEK, MONTH or unspecified", field="window")
+        policy = BudgetPolicy(
+            request.limit_nanos,
+            window,
+            check_time_zone("time_zone", request.time_zone),
+            check_thresholds("alert_thresholds_pct", request.alert_thresholds_pct),
+        )
+        await self.run_in_ledger_thread(self._ledger.set_budget, scope, policy, self._clock())
+        return budget_pb2.SetBudgetResponse(
+            scope=request.scope,
+            limit_nanos=policy.limit_nanos,
+            window=request.window,
+            time_zone=policy.time_zone,
+            alert_thresholds_pct=policy.alert_thresholds_pct,
+        )
 
     async def GetSpend(self, request: budget_pb2.GetSpendRequest, context: Ctx) -> budget_pb2.GetSpendResponse:
-        spend = await self.run_in_ledger_thread(self._ledger.get_spend, _scope(request.scope))
+        spend = await self.run_in_ledger_thread(self._ledger.get_spend, _scope(request.scope), self._clock())
+        remaining = spend.remaining_nanos
         return budget_pb2.GetSpendResponse(
             limit_nanos=-1 if spend.limit_nanos is None else spend.limit_nanos,
             committed_nanos=spend.committed_nanos,
             reserved_nanos=spend.reserved_nanos,
+            window=_WINDOW_PB[spend.window],
+            time_zone=spend.time_zone,
+            window_start=_timestamp(spend.span.start),
+            reset_at=_timestamp(spend.span.reset_at),
+            remaining_nanos=-1 if remaining is None else remaining,
+            alert_thresholds_pct=spend.alert_thresholds_pct,
         )
 
     async def expire_loop(self, interval_s: float = 1.0) -> None:

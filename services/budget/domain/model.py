@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from interlock.errors import InvalidArgumentError
+from interlock.services.budget.domain.window import NO_WINDOW, Window, WindowSpan
 
 DEFAULT_ORG = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -39,44 +40,84 @@ class ScopeKind(Enum):
     ORG = "org"
     PROJECT = "project"
     DEVELOPER = "developer"
+    API_KEY = "api_key"
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """One budget: an org, a project of it, or a developer of a project."""
+    """One budget: an org, a project of it, a developer of a project, or one API key."""
 
     kind: ScopeKind
     org: str
     project: str = ""
     developer: str = ""
+    api_key_id: str = ""
 
     @property
     def key(self) -> str:
-        """Stable storage key, e.g. `project:acme/search`."""
-        parts = {ScopeKind.ORG: [self.org], ScopeKind.PROJECT: [self.org, self.project]}.get(
-            self.kind, [self.org, self.project, self.developer]
-        )
+        """Stable storage key, e.g. `project:acme/search` or `api_key:acme/search/alice/0a1b...`."""
+        parts = {
+            ScopeKind.ORG: [self.org],
+            ScopeKind.PROJECT: [self.org, self.project],
+            ScopeKind.DEVELOPER: [self.org, self.project, self.developer],
+        }.get(self.kind, [self.org, self.project, self.developer, self.api_key_id])
         return f"{self.kind.value}:{'/'.join(parts)}"
 
 
 def scopes_of(principal: Principal) -> list[Scope]:
     """Every budget a principal's spend counts against, widest first."""
-    return [
+    scopes = [
         Scope(ScopeKind.ORG, principal.org),
         Scope(ScopeKind.PROJECT, principal.org, principal.project),
         Scope(ScopeKind.DEVELOPER, principal.org, principal.project, principal.developer),
     ]
+    if principal.api_key_id:
+        scopes.append(
+            Scope(ScopeKind.API_KEY, principal.org, principal.project, principal.developer, principal.api_key_id)
+        )
+    return scopes
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """A budget as set: its limit, the window it applies to and its alert thresholds."""
+
+    limit_nanos: int
+    window: Window = Window.NONE
+    time_zone: str = "UTC"
+    """IANA zone whose calendar the window follows."""
+    alert_thresholds_pct: tuple[int, ...] = ()
+    """Percentages of the limit; crossing one emits one alert per window."""
+
+
+def check_thresholds(field: str, values: Sequence[int]) -> tuple[int, ...]:
+    """1-1000 percent each (over 100 warns of overspend by late commits); sorted, deduplicated."""
+    for v in values:
+        if not 1 <= v <= 1000:
+            raise InvalidArgumentError("each threshold must be 1-1000 percent", field=field)
+    return tuple(sorted(set(values)))
 
 
 @dataclass(frozen=True, slots=True)
 class ScopeSpend:
-    """A scope's limit and what is already spent or held against it."""
+    """A scope's limit and what is already spent (in the current window) or held against it."""
 
     scope_key: str
     limit_nanos: int | None
     """None: no limit set."""
     committed_nanos: int
     reserved_nanos: int
+    window: Window = Window.NONE
+    time_zone: str = "UTC"
+    span: WindowSpan = NO_WINDOW
+    """The current window; reset_at 0 when the budget has no window."""
+    alert_thresholds_pct: tuple[int, ...] = ()
+
+    @property
+    def remaining_nanos(self) -> int | None:
+        if self.limit_nanos is None:
+            return None
+        return max(0, self.limit_nanos - self.committed_nanos - self.reserved_nanos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +125,8 @@ class ReservationDecision:
     granted: bool
     exceeded_scope: str = ""
     remaining_nanos: int = 0
+    refused_by: ScopeSpend | None = None
+    """When not granted: the budget that refused, with its limit, spend and reset time."""
 
 
 def decide_reservation(amount_nanos: int, spends: Sequence[ScopeSpend]) -> ReservationDecision:
@@ -93,8 +136,18 @@ def decide_reservation(amount_nanos: int, spends: Sequence[ScopeSpend]) -> Reser
             continue
         remaining = spend.limit_nanos - spend.committed_nanos - spend.reserved_nanos
         if amount_nanos > remaining:
-            return ReservationDecision(False, spend.scope_key, max(0, remaining))
+            return ReservationDecision(False, spend.scope_key, max(0, remaining), spend)
     return ReservationDecision(True)
+
+
+def crossed_thresholds(limit_nanos: int, before_nanos: int, after_nanos: int, thresholds: Sequence[int]) -> list[int]:
+    """Thresholds (percent of the limit) that spend going from `before` to `after` reached for the first time."""
+    crossed = []
+    for pct in thresholds:
+        # Integer comparison: spend * 100 >= limit * pct, so no rounding can skip an alert.
+        if before_nanos * 100 < limit_nanos * pct <= after_nanos * 100:
+            crossed.append(pct)
+    return crossed
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import logging
 from typing import Any
 
 import grpc
 
 from interlock.errors import InvalidArgumentError
 from interlock.ratelimit.v1 import ratelimit_pb2
-from interlock.services.ratelimit.adapters.stores import CounterStore
-from interlock.services.ratelimit.domain.limits import HitRequest, LimitConfig, LimitUnit, judge, plan_charges
+from interlock.services.ratelimit.adapters.stores import WindowStore
+from interlock.services.ratelimit.domain.limits import (
+    Entries,
+    FailureMode,
+    HitRequest,
+    Limit,
+    LimitConfig,
+    LimitConfigError,
+    LimitOverride,
+    LimitUnit,
+    RuleBook,
+    check_one_per_unit,
+    judge,
+    plan_charges,
+)
+
+log = logging.getLogger("interlock.ratelimit")
 
 _UNITS = {
     LimitUnit.SECOND: ratelimit_pb2.UNIT_SECOND,
@@ -19,13 +33,77 @@ _UNITS = {
     LimitUnit.HOUR: ratelimit_pb2.UNIT_HOUR,
     LimitUnit.DAY: ratelimit_pb2.UNIT_DAY,
 }
+_UNITS_BACK = {v: k for k, v in _UNITS.items()}
+_MODES = {FailureMode.OPEN: ratelimit_pb2.FAILURE_MODE_OPEN, FailureMode.CLOSED: ratelimit_pb2.FAILURE_MODE_CLOSED}
+
+
+def limit_to_pb(limit: Limit) -> ratelimit_pb2.RateLimit:
+    return ratelimit_pb2.RateLimit(
+        requests_per_unit=limit.requests_per_unit,
+        unit=_UNITS[limit.unit],
+        name=limit.name,
+        shadow_mode=limit.shadow_mode,
+        failure_mode=_MODES[limit.failure_mode],
+    )
+
+
+def _entries(raw: Any, field: str) -> Entries:
+    if not raw:
+        raise InvalidArgumentError("must hold at least one entry", field=field)
+    for j, e in enumerate(raw):
+        if not e.key:
+            raise InvalidArgumentError("must not be empty", field=f"{field}[{j}].key")
+    return tuple((e.key, e.value) for e in raw)
+
+
+def _override_from_pb(o: ratelimit_pb2.LimitOverride) -> LimitOverride:
+    if not o.domain:
+        raise InvalidArgumentError("must not be empty", field="override.domain")
+    entries = _entries(o.entries, "override.entries")
+    limits = []
+    for i, rl in enumerate(o.rate_limits):
+        if rl.unit not in _UNITS_BACK:
+            raise InvalidArgumentError("must be a unit", field=f"override.rate_limits[{i}].unit")
+        unit = _UNITS_BACK[rl.unit]
+        mode = FailureMode.CLOSED if rl.failure_mode == ratelimit_pb2.FAILURE_MODE_CLOSED else FailureMode.OPEN
+        name = rl.name or "/".join([*(f"{k}={v}" for k, v in entries), unit.name.lower()])
+        limits.append(Limit(name, rl.requests_per_unit, unit, rl.shadow_mode, mode))
+    try:
+        check_one_per_unit(limits, "override.rate_limits")
+    except LimitConfigError as exc:
+        raise InvalidArgumentError(str(exc), field="override.rate_limits") from None
+    return LimitOverride(o.domain, entries, tuple(limits))
+
+
+def override_to_pb(o: LimitOverride) -> ratelimit_pb2.LimitOverride:
+    return ratelimit_pb2.LimitOverride(
+        domain=o.domain,
+        entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in o.entries],
+        rate_limits=[limit_to_pb(limit) for limit in o.limits],
+    )
 
 
 class RateLimitServicer:
-    def __init__(self, config: LimitConfig, store: CounterStore, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
+    def __init__(self, config: LimitConfig, store: WindowStore) -> None:
+        self.rules = RuleBook(config)
+        """The rules in force; replaced whole (config reload, overrides), never mutated."""
         self._store = store
-        self._clock = clock
+        self.over_limit_total = 0
+        self.shadow_over_limit_total = 0
+
+    def swap_config(self, config: LimitConfig) -> None:
+        self.rules = self.rules.with_config(config)
+
+    async def refresh_overrides(self) -> None:
+        """Take the overrides other replicas may have set in the shared store."""
+        self.rules = self.rules.with_overrides(await self._store.load_overrides())
+
+    def _hits(self, request: Any) -> list[HitRequest]:
+        hits = []
+        for i, d in enumerate(request.descriptors):
+            entries = _entries(d.entries, f"descriptors[{i}].entries")
+            hits.append(HitRequest(entries, d.hits_addend or request.hits_addend or 1))
+        return hits
 
     async def ShouldRateLimit(
         self, request: ratelimit_pb2.ShouldRateLimitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -34,32 +112,70 @@ class RateLimitServicer:
             raise InvalidArgumentError("must not be empty", field="domain")
         if not request.descriptors:
             raise InvalidArgumentError("must hold at least one descriptor", field="descriptors")
-        hits: list[HitRequest] = []
-        for i, d in enumerate(request.descriptors):
-            if not d.entries:
-                raise InvalidArgumentError("must hold at least one entry", field=f"descriptors[{i}].entries")
-            for j, e in enumerate(d.entries):
-                if not e.key:
-                    raise InvalidArgumentError("must not be empty", field=f"descriptors[{i}].entries[{j}].key")
-            n = d.hits_addend or request.hits_addend or 1
-            hits.append(HitRequest(tuple((e.key, e.value) for e in d.entries), n))
-        now = self._clock()
-        charges = plan_charges(self.config, request.domain, hits, now)
-        before = await self._store.charge(charges)
-        verdicts = judge(charges, before, now)
+        hits = self._hits(request)
+        charges = plan_charges(self.rules, request.domain, hits)
+        decision = await self._store.charge(charges)
+        verdicts = judge(len(hits), charges, decision.outcomes, decision.admitted)
         response = ratelimit_pb2.ShouldRateLimitResponse(
-            overall_code=ratelimit_pb2.CODE_OVER_LIMIT if any(v.over_limit for v in verdicts) else ratelimit_pb2.CODE_OK
+            overall_code=ratelimit_pb2.CODE_OK if decision.admitted else ratelimit_pb2.CODE_OVER_LIMIT,
+            decided_at_unix_ms=decision.decided_at_ms,
         )
-        for v in verdicts:
+        if not decision.admitted:
+            self.over_limit_total += 1
+        for hit, v in zip(hits, verdicts, strict=True):
             status = response.statuses.add(
                 code=ratelimit_pb2.CODE_OVER_LIMIT if v.over_limit else ratelimit_pb2.CODE_OK,
                 limit_remaining=v.remaining,
                 duration_until_reset_ms=v.reset_in_ms,
+                shadow_over_limit=v.shadow_over_limit,
+                matched_limits=[limit_to_pb(limit) for limit in v.matched],
             )
             if v.limit is not None:
-                status.current_limit.CopyFrom(
-                    ratelimit_pb2.RateLimit(
-                        requests_per_unit=v.limit.requests_per_unit, unit=_UNITS[v.limit.unit], name=v.limit.name
-                    )
+                status.current_limit.CopyFrom(limit_to_pb(v.limit))
+            if v.shadow_over_limit:
+                # Shadow rules are rolled out by watching this line and counter before enforcing.
+                self.shadow_over_limit_total += 1
+                log.info(
+                    "shadow limit exceeded",
+                    extra={
+                        "fields": {"domain": request.domain, "descriptor": "|".join(f"{k}={x}" for k, x in hit.entries)}
+                    },
                 )
         return response
+
+    async def AdjustHits(
+        self, request: ratelimit_pb2.AdjustHitsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ratelimit_pb2.AdjustHitsResponse:
+        if not request.domain:
+            raise InvalidArgumentError("must not be empty", field="domain")
+        if request.decided_at_unix_ms <= 0:
+            raise InvalidArgumentError("must be the decision's decided_at_unix_ms", field="decided_at_unix_ms")
+        adjustments = []
+        for i, a in enumerate(request.adjustments):
+            entries = _entries(a.entries, f"adjustments[{i}].entries")
+            for charge in plan_charges(self.rules, request.domain, [HitRequest(entries, 0)]):
+                adjustments.append((charge, a.delta))
+        await self._store.adjust(adjustments, request.decided_at_unix_ms)
+        return ratelimit_pb2.AdjustHitsResponse()
+
+    async def SetLimitOverride(
+        self, request: ratelimit_pb2.SetLimitOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ratelimit_pb2.SetLimitOverrideResponse:
+        override = _override_from_pb(request.override)
+        await self._store.save_override(override)
+        await self.refresh_overrides()
+        log.info(
+            "limit override set",
+            extra={"fields": {"domain": override.domain, "limits": [limit.name for limit in override.limits]}},
+        )
+        return ratelimit_pb2.SetLimitOverrideResponse(override=override_to_pb(override))
+
+    async def ListLimitOverrides(
+        self, request: ratelimit_pb2.ListLimitOverridesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ratelimit_pb2.ListLimitOverridesResponse:
+        overrides = await self._store.load_overrides()
+        chosen = sorted(
+            (o for o in overrides if not request.domain or o.domain == request.domain),
+            key=lambda o: (o.domain, o.entries),
+        )
+        return ratelimit_pb2.ListLimitOverridesResponse(overrides=[override_to_pb(o) for o in chosen])

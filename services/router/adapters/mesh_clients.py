@@ -18,7 +18,8 @@ import grpc
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
-from interlock.services.router.domain.chat import ChatCall
+from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
+from interlock.services.router.domain.chat import ChatCall, tools_token_bound
 from interlock.services.router.domain.flow import Admission, Caller, Reservation
 from interlock.services.router.domain.provider import TokenUsage
 
@@ -35,36 +36,113 @@ def _error(exc: grpc.RpcError, dependency: str) -> InterlockError:
 
 
 class RateLimitClient:
-    def __init__(self, target: str, fail_open: bool) -> None:
+    """Admission by the rate-limiter: requests (hits 1) and tokens (an estimate, corrected later).
+
+    Descriptors: `api_key`, `project` (org/project) and `provider`+`model`, each once for
+    requests and once prefixed with (`usage`, `tokens`) for tokens, so the limits file can
+    set RPM and TPM rules on the same scope. When the rate-limiter cannot be reached within
+    the decision timeout, each descriptor's rules decide (their failure_mode, learned from
+    earlier responses); a descriptor never seen yet takes `fail_open`.
+    """
+
+    def __init__(self, target: str, fail_open: bool, decision_timeout_s: float = 0.5) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = ratelimit_pb2_grpc.RateLimitServiceStub(self._channel)
         self._fail_open = fail_open
+        self._decision_timeout = decision_timeout_s
+        # Descriptor -> name of a fail-closed rule on it ("" when all its rules fail open).
+        self._closed_rules: OrderedDict[tuple[tuple[str, str], ...], str] = OrderedDict()
+        self.fail_open_admits = 0
+        """Calls admitted without a decision because the rate-limiter was unreachable."""
+        self.fail_closed_denials = 0
+        """Calls refused because the rate-limiter was unreachable and a rule fails closed."""
+
+    @staticmethod
+    def descriptors(caller: Caller, call: ChatCall) -> list[tuple[tuple[str, str], ...]]:
+        scopes: list[tuple[tuple[str, str], ...]] = [
+            (("api_key", caller.api_key_id),),
+            (("project", f"{caller.org}/{caller.project}"),),
+            (("provider", call.route.provider), ("model", call.route.name)),
+        ]
+        return scopes + [(("usage", "tokens"), *scope) for scope in scopes]
 
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
-        def d(*entries: tuple[str, str]) -> ratelimit_pb2.Descriptor:
-            return ratelimit_pb2.Descriptor(entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries])
-
+        tokens = estimate_prompt_tokens(call.messages) + tools_token_bound(call.tools) + call.max_tokens
+        scopes = self.descriptors(caller, call)
         request = ratelimit_pb2.ShouldRateLimitRequest(
             domain=RATE_LIMIT_DOMAIN,
             descriptors=[
-                d(("api_key", caller.api_key_id)),
-                d(("project", f"{caller.org}/{caller.project}")),
-                d(("provider", call.route.provider), ("model", call.route.name)),
+                ratelimit_pb2.Descriptor(
+                    entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
+                    hits_addend=tokens if entries[0] == ("usage", "tokens") else 1,
+                )
+                for entries in scopes
             ],
-            hits_addend=1,
         )
+        # Never wait past the caller's deadline, nor longer than a decision may take.
+        timeout = min(timeout_s, self._decision_timeout) if timeout_s else self._decision_timeout
         try:
-            response = await self._stub.ShouldRateLimit(request, timeout=timeout_s or 5.0)
+            response = await self._stub.ShouldRateLimit(request, timeout=max(timeout, 0.001))
         except grpc.RpcError as exc:
-            if self._fail_open and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                log.warning("rate-limiter unavailable; admitting (fail-open)")
-                return Admission(True)
-            raise _error(exc, "rate-limiter") from None
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise _error(exc, "rate-limiter") from None
+            return self._unreachable(scopes)
+        for entries, status in zip(scopes, response.statuses, strict=False):
+            closed = next(
+                (r.name for r in status.matched_limits if r.failure_mode == ratelimit_pb2.FAILURE_MODE_CLOSED), ""
+            )
+            self._closed_rules[entries] = closed
+            self._closed_rules.move_to_end(entries)
+        while len(self._closed_rules) > 10_000:
+            self._closed_rules.popitem(last=False)
         if response.overall_code != ratelimit_pb2.CODE_OVER_LIMIT:
-            return Admission(True)
+            return Admission(True, decided_at_ms=response.decided_at_unix_ms, token_estimate=tokens)
         over = [s for s in response.statuses if s.code == ratelimit_pb2.CODE_OVER_LIMIT]
         worst = max(over, key=lambda s: s.duration_until_reset_ms)
         return Admission(False, worst.current_limit.name, worst.duration_until_reset_ms / 1000)
+
+    def _unreachable(self, scopes: list[tuple[tuple[str, str], ...]]) -> Admission:
+        for entries in scopes:
+            closed = self._closed_rules.get(entries)
+            if closed is None and not self._fail_open:
+                closed = "default (INTERLOCK_ROUTER_RATELIMIT_FAIL_OPEN=false)"
+            if closed:
+                self.fail_closed_denials += 1
+                log.warning("rate-limiter unavailable; refusing (fail-closed)", extra={"fields": {"limit": closed}})
+                raise UnavailableError(
+                    f"rate-limiter is unavailable and limit {closed!r} fails closed",
+                    metadata={"dependency": "rate-limiter", "limit": closed},
+                )
+        self.fail_open_admits += 1
+        log.warning(
+            "rate-limiter unavailable; admitting (fail-open)", extra={"fields": {"admits": self.fail_open_admits}}
+        )
+        return Admission(True)
+
+    async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
+        """Correct the token estimate taken at admission by the tokens the provider billed."""
+        if not admission.decided_at_ms or not admission.token_estimate:
+            return
+        delta = usage.input_tokens + usage.output_tokens - admission.token_estimate
+        if delta == 0:
+            return
+        request = ratelimit_pb2.AdjustHitsRequest(
+            domain=RATE_LIMIT_DOMAIN,
+            decided_at_unix_ms=admission.decided_at_ms,
+            adjustments=[
+                ratelimit_pb2.HitAdjustment(
+                    entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries], delta=delta
+                )
+                for entries in self.descriptors(caller, call)
+                if entries[0] == ("usage", "tokens")
+            ],
+        )
+        try:
+            await self._stub.AdjustHits(request, timeout=self._decision_timeout)
+        except grpc.RpcError as exc:
+            # The estimate stays counted: it is at least the prompt plus max output in most
+            # cases, so a lost correction errs on the side of the limit.
+            log.warning("token correction failed", extra={"fields": {"code": str(exc.code()), "delta": delta}})
 
     async def aclose(self) -> None:
         await self._channel.close()
@@ -114,7 +192,17 @@ class BudgetClient:
             response = await self._stub.Reserve(request, timeout=timeout_s or 5.0)
         except grpc.RpcError as exc:
             raise _error(exc, "budget") from None
-        return Reservation(response.granted, response.exceeded_scope, response.remaining_nanos)
+        reset_at = response.reset_at.ToNanoseconds() / 1e9 if response.HasField("reset_at") else 0.0
+        return Reservation(
+            response.granted,
+            response.exceeded_scope,
+            response.remaining_nanos,
+            limit_nanos=response.limit_nanos,
+            committed_nanos=response.committed_nanos,
+            reserved_nanos=response.reserved_nanos,
+            reset_at=reset_at,
+            window=response.window,
+        )
 
     async def commit(self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int) -> None:
         request = budget_pb2.CommitRequest(
@@ -126,6 +214,11 @@ class BudgetClient:
             output_tokens=usage.output_tokens,
             run_id=call.run_id,
             agent=call.agent,
+            config_version=call.config_version,
+            cached_input_tokens=usage.cached_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            latency_ms=round((time.monotonic() - call.started_at) * 1000) if call.started_at else 0,
         )
         # A commit must land: retry transient failures; the call is idempotent by request id.
         delay = 0.05

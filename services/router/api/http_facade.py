@@ -19,6 +19,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -27,10 +28,10 @@ from opentelemetry import propagate, trace
 from interlock._http import Receive, Scope, Send
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
+from interlock.services.router.adapters.live_routing import RoutingSnapshot
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
-from interlock.services.router.domain.routing import RoutingConfig
 
 DEFAULT_MAX_TOKENS = 4096
 """OpenAI requests may omit max_tokens; the budget still needs a worst case to reserve."""
@@ -119,15 +120,15 @@ def _json_arguments(value: Any) -> str:
 
 
 class HttpFacade:
-    """ASGI app; `config` and `flow` are read per request, so a config swap applies to the next one."""
+    """ASGI app; each request reads the live routing snapshot once and is pinned to it."""
 
     def __init__(
         self,
-        config: Callable[[], RoutingConfig],
+        snapshot: Callable[[], RoutingSnapshot],
         flow: ChatFlow,
         authenticate: Callable[[str], Awaitable[Caller]],
     ) -> None:
-        self._config = config
+        self._snapshot = snapshot
         self._flow = flow
         self._authenticate = authenticate
 
@@ -181,7 +182,7 @@ class HttpFacade:
         return await self._authenticate(key)
 
     def _models(self) -> dict[str, Any]:
-        config = self._config()
+        config = self._snapshot().config
         return {
             "object": "list",
             "data": [
@@ -192,7 +193,9 @@ class HttpFacade:
 
     # OpenAI
 
-    def _openai_call(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[ChatCall, bool, bool]:
+    def _openai_call(
+        self, snap: RoutingSnapshot, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> tuple[ChatCall, bool, bool]:
         model = _expect(body, "model", str, "a string", required=True)
         raw_messages = _expect(body, "messages", list, "an array", required=True)
         messages = []
@@ -246,7 +249,7 @@ class HttpFacade:
         stream = bool(_expect(body, "stream", bool, "a boolean"))
         options = _expect(body, "stream_options", dict, "an object") or {}
         call = validate_chat(
-            self._config(),
+            snap.config,
             model=model,
             messages=messages,
             max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
@@ -266,11 +269,13 @@ class HttpFacade:
     async def _chat_completions(
         self, caller: Caller, body: Mapping[str, Any], headers: Mapping[str, str], send: Send
     ) -> int:
-        call, stream, include_usage = self._openai_call(body, headers)
+        snap = self._snapshot()
+        call, stream, include_usage = self._openai_call(snap, body, headers)
+        call = replace(call, started_at=time.monotonic())
         created = int(time.time())
         completion_id = f"chatcmpl-{call.request_id}"
         if not stream:
-            result = await self._flow.chat(caller, call, None)
+            result = await self._flow.chat(caller, call, None, snap.providers)
             message: dict[str, Any] = {"role": "assistant", "content": result.text or None}
             if result.tool_calls:
                 message["tool_calls"] = [_openai_tool_call(c) for c in result.tool_calls]
@@ -293,7 +298,7 @@ class HttpFacade:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             }
 
-        items = self._flow.stream(caller, call, None)
+        items = self._flow.stream(caller, call, None, snap.providers)
         # Admission, budget and provider errors before the first item are still plain HTTP errors.
         first = await anext(items, None)
         await _start_sse(send, {"x-request-id": call.request_id})
@@ -328,7 +333,9 @@ class HttpFacade:
 
     # Anthropic
 
-    def _anthropic_call(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[ChatCall, bool]:
+    def _anthropic_call(
+        self, snap: RoutingSnapshot, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> tuple[ChatCall, bool]:
         model = _expect(body, "model", str, "a string", required=True)
         max_tokens = _expect(body, "max_tokens", int, "an integer", required=True)
         raw_messages = _expect(body, "messages", list, "an array", required=True)
@@ -384,7 +391,7 @@ class HttpFacade:
             if choice_raw.get("type") == "tool":
                 choice = str(choice_raw.get("name", ""))
         call = validate_chat(
-            self._config(),
+            snap.config,
             model=model,
             messages=messages,
             max_tokens=max_tokens,
@@ -401,10 +408,12 @@ class HttpFacade:
         return call, bool(_expect(body, "stream", bool, "a boolean"))
 
     async def _messages(self, caller: Caller, body: Mapping[str, Any], headers: Mapping[str, str], send: Send) -> int:
-        call, stream = self._anthropic_call(body, headers)
+        snap = self._snapshot()
+        call, stream = self._anthropic_call(snap, body, headers)
+        call = replace(call, started_at=time.monotonic())
         message_id = f"msg_{call.request_id}"
         if not stream:
-            result = await self._flow.chat(caller, call, None)
+            result = await self._flow.chat(caller, call, None, snap.providers)
             content: list[dict[str, Any]] = []
             if result.text:
                 content.append({"type": "text", "text": result.text})
@@ -422,7 +431,7 @@ class HttpFacade:
             }
             return await _send_json(send, 200, payload, _result_headers(result))
 
-        items = self._flow.stream(caller, call, None)
+        items = self._flow.stream(caller, call, None, snap.providers)
         first = await anext(items, None)
         await _start_sse(send, {"x-request-id": call.request_id})
         start: dict[str, Any] = {

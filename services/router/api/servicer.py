@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, InvalidArgumentError
 from interlock.router.v1 import router_pb2
+from interlock.services.router.adapters.live_routing import LiveRouting
 from interlock.services.router.adapters.mesh_clients import BudgetClient
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
@@ -19,6 +23,15 @@ from interlock.services.router.domain.provider import ChatMessage, StreamToolCal
 from interlock.services.router.domain.routing import RoutingConfig
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _tag_span(call: ChatCall) -> None:
+    span = trace.get_current_span()
+    span.set_attribute("interlock.config_version", call.config_version)
+    span.set_attribute("interlock.request_id", call.request_id)
+    span.set_attribute("gen_ai.request.model", call.route.name)
+    if call.run_id:
+        span.set_attribute("interlock.run_id", call.run_id)
 
 
 def api_key_of(context: Ctx) -> str:
@@ -33,8 +46,8 @@ def api_key_of(context: Ctx) -> str:
 
 
 class RouterServicer:
-    def __init__(self, config: RoutingConfig, flow: ChatFlow, auth: BudgetClient) -> None:
-        self.config = config
+    def __init__(self, live: LiveRouting, flow: ChatFlow, auth: BudgetClient) -> None:
+        self.live = live
         self._flow = flow
         self._auth = auth
 
@@ -44,7 +57,7 @@ class RouterServicer:
             raise AuthenticationError("missing API key: send `authorization: Bearer <key>` metadata")
         return await self._auth.authenticate(key)
 
-    def _call(self, params: router_pb2.ChatParams) -> ChatCall:
+    def _call(self, config: RoutingConfig, params: router_pb2.ChatParams) -> ChatCall:
         tools = []
         for i, t in enumerate(params.tools):
             try:
@@ -56,8 +69,8 @@ class RouterServicer:
                     "must be a JSON object (a JSON Schema)", field=f"params.tools[{i}].parameters_json"
                 )
             tools.append(ToolSpec(t.name, t.description, schema))
-        return validate_chat(
-            self.config,
+        call = validate_chat(
+            config,
             model=params.model,
             messages=[
                 ChatMessage(
@@ -80,6 +93,7 @@ class RouterServicer:
             tool_choice=params.tool_choice or None,
             json_mode=params.json_mode,
         )
+        return replace(call, started_at=time.monotonic())
 
     @staticmethod
     def _response(result: ChatResult) -> router_pb2.ChatResponse:
@@ -103,7 +117,7 @@ class RouterServicer:
 
     async def ListModels(self, request: router_pb2.ListModelsRequest, context: Ctx) -> router_pb2.ListModelsResponse:
         await self._caller(context)
-        config = self.config
+        config = self.live.current.config
         response = router_pb2.ListModelsResponse(config_version=config.version)
         for name, route in sorted(config.models.items()):
             prices = route.pricing.usd_per_mtok()
@@ -119,18 +133,40 @@ class RouterServicer:
             )
         return response
 
+    async def GetRoutes(self, request: router_pb2.GetRoutesRequest, context: Ctx) -> router_pb2.GetRoutesResponse:
+        await self._caller(context)
+        snap = self.live.current
+        response = router_pb2.GetRoutesResponse(live_version=snap.config.version)
+        response.loaded_at.FromNanoseconds(int(snap.loaded_at * 1e9))
+        for switch in self.live.switches:
+            item = response.switches.add(version=switch.version, accepted=switch.accepted, error=switch.error)
+            item.at.FromNanoseconds(int(switch.at * 1e9))
+        for name, route in snap.config.models.items():
+            response.chains[name] = " > ".join(
+                f"{d.provider}/{d.upstream_model}"
+                + (f" (w={d.weight:g}, p={d.priority})" if len(route.deployments) > 1 else "")
+                for d in route.deployments
+            )
+        return response
+
     async def Chat(self, request: router_pb2.ChatRequest, context: Ctx) -> router_pb2.ChatResponse:
         caller = await self._caller(context)
-        call = self._call(request.params)
-        result = await self._flow.chat(caller, call, context.time_remaining())
-        return self._response(result)
+        snap = self.live.current  # the call is pinned to this version to its end
+        call = self._call(snap.config, request.params)
+        _tag_span(call)
+        result = await self._flow.chat(caller, call, context.time_remaining(), snap.providers)
+        response = self._response(result)
+        response.config_version = call.config_version
+        return response
 
     async def ChatStream(
         self, request: router_pb2.ChatStreamRequest, context: Ctx
     ) -> AsyncIterator[router_pb2.ChatStreamResponse]:
         caller = await self._caller(context)
-        call = self._call(request.params)
-        async for item in self._flow.stream(caller, call, context.time_remaining()):
+        snap = self.live.current
+        call = self._call(snap.config, request.params)
+        _tag_span(call)
+        async for item in self._flow.stream(caller, call, context.time_remaining(), snap.providers):
             if isinstance(item, str):
                 yield router_pb2.ChatStreamResponse(delta=item)
             elif isinstance(item, StreamToolCallDelta):
@@ -140,4 +176,6 @@ class RouterServicer:
                     )
                 )
             else:
-                yield router_pb2.ChatStreamResponse(done=self._response(item))
+                done = self._response(item)
+                done.config_version = call.config_version
+                yield router_pb2.ChatStreamResponse(done=done)

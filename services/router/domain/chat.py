@@ -41,6 +41,10 @@ class ChatCall:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | None = None
     json_mode: bool = False
+    config_version: str = ""
+    """The routing config version this call was validated against and is served by."""
+    started_at: float = 0.0
+    """Monotonic time the router received the call (0 when unknown), for latency."""
 
 
 def validate_chat(
@@ -126,6 +130,7 @@ def validate_chat(
         tools=tuple(tools),
         tool_choice=tool_choice,
         json_mode=json_mode,
+        config_version=config.version,
     )
 
 

@@ -9,22 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Protocol
 
-from interlock.errors import BudgetExceededError, RateLimitedError, UpstreamError
+from opentelemetry import trace
+
+from interlock.errors import (
+    BudgetExceededError,
+    DeadlineExceededError,
+    InterlockError,
+    InvalidArgumentError,
+    RateLimitedError,
+    UpstreamError,
+)
+from interlock.pricing import NANOS_PER_USD
+from interlock.services.router.domain.chain import AttemptRecord, ChainError, ChainExecutor, ChainFailure
 from interlock.services.router.domain.chat import ChatCall, input_token_bound, tools_token_bound
 from interlock.services.router.domain.provider import (
     ChatProvider,
-    ProviderError,
     ProviderRequest,
+    ProviderResponse,
     StreamDelta,
     StreamEnd,
+    StreamItem,
     StreamToolCallDelta,
     TokenUsage,
     ToolCall,
 )
+from interlock.services.router.domain.routing import Deployment
 
 log = logging.getLogger("interlock.router.flow")
 
@@ -44,6 +60,10 @@ class Admission:
     allowed: bool
     limit_name: str = ""
     retry_after_s: float | None = None
+    decided_at_ms: int = 0
+    """The rate-limiter's decision time; 0 when admitted without one (fail-open)."""
+    token_estimate: int = 0
+    """Tokens charged against TPM limits at admission, corrected by `record_usage`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +71,13 @@ class Reservation:
     granted: bool
     exceeded_scope: str = ""
     remaining_nanos: int = 0
+    limit_nanos: int = 0
+    """When refused: the refusing budget's limit, its committed and held spend, and reset time."""
+    committed_nanos: int = 0
+    reserved_nanos: int = 0
+    reset_at: float = 0.0
+    """Unix seconds; 0 for a budget without a window."""
+    window: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +95,10 @@ class ChatResult:
 class AdmissionPort(Protocol):
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission: ...
 
+    async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
+        """Replace the admission's token estimate with the billed usage; never raises."""
+        ...
+
 
 class BudgetPort(Protocol):
     async def reserve(
@@ -80,26 +111,25 @@ class BudgetPort(Protocol):
 
 
 class ChatFlow:
-    def __init__(
-        self,
-        admission: AdmissionPort,
-        budget: BudgetPort,
-        providers: Mapping[str, ChatProvider],
-        default_timeout_s: Callable[[str], float],
-    ) -> None:
+    """Runs calls; `providers` is passed per call, from the config snapshot the call is pinned to."""
+
+    def __init__(self, admission: AdmissionPort, budget: BudgetPort, chain: ChainExecutor) -> None:
         self._admission = admission
         self._budget = budget
-        self._providers = providers
-        self._default_timeout = default_timeout_s
+        self._chain = chain
 
-    def worst_case_nanos(self, call: ChatCall) -> int:
+    @staticmethod
+    def worst_case_nanos(call: ChatCall) -> int:
+        """What the reservation holds: the prompt's upper bound plus max_tokens at the dearest
+        deployment of the chain, so any fallback is paid for."""
         bound = input_token_bound(call.messages) + tools_token_bound(call.tools)
-        return call.route.pricing.cost_nanos(bound, call.max_tokens)
+        return call.route.worst_case_cost_nanos(bound, call.max_tokens)
 
-    async def _admit_and_reserve(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> None:
+    async def _admit_and_reserve(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+        worst = self.worst_case_nanos(call)
         admission, reservation = await asyncio.gather(
             self._admission.admit(caller, call, timeout_s),
-            self._budget.reserve(call.request_id, caller, self.worst_case_nanos(call), timeout_s),
+            self._budget.reserve(call.request_id, caller, worst, timeout_s),
             return_exceptions=True,
         )
         failure = next((r for r in (admission, reservation) if isinstance(r, BaseException)), None)
@@ -111,20 +141,18 @@ class ChatFlow:
                 metadata={"scope": admission.limit_name},
             )
         if failure is None and isinstance(reservation, Reservation) and not reservation.granted:
-            failure = BudgetExceededError(
-                f"budget {reservation.exceeded_scope} has {reservation.remaining_nanos} nano-USD left,"
-                f" less than this call's worst-case cost",
-                metadata={"scope": reservation.exceeded_scope, "remaining_nanos": str(reservation.remaining_nanos)},
-            )
+            failure = budget_exceeded(reservation, worst)
         if failure is not None:
             if granted:
                 await self._budget.release(call.request_id)
             raise failure
+        assert isinstance(admission, Admission)
+        return admission
 
-    def _request(self, call: ChatCall, timeout_s: float | None) -> ProviderRequest:
-        limit = self._default_timeout(call.route.provider)
+    @staticmethod
+    def _request(call: ChatCall, deployment: Deployment, timeout_s: float) -> ProviderRequest:
         return ProviderRequest(
-            upstream_model=call.route.upstream_model,
+            upstream_model=deployment.upstream_model,
             messages=call.messages,
             max_tokens=call.max_tokens,
             temperature=call.temperature,
@@ -134,34 +162,42 @@ class ChatFlow:
             tool_choice=call.tool_choice,
             json_mode=call.json_mode,
             request_id=call.request_id,
-            timeout_s=min(limit, timeout_s) if timeout_s else limit,
+            timeout_s=timeout_s,
         )
 
-    async def _settle(self, call: ChatCall, usage: TokenUsage) -> int:
-        cost = call.route.pricing.cost_nanos(
+    async def _settle(self, call: ChatCall, deployment: Deployment, usage: TokenUsage) -> int:
+        cost = deployment.pricing.cost_nanos(
             usage.input_tokens,
             usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             cache_write_tokens=usage.cache_write_tokens,
         )
-        await self._budget.commit(call, call.route.provider, usage, cost)
+        await self._budget.commit(call, deployment.provider, usage, cost)
         return cost
 
-    async def chat(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> ChatResult:
-        await self._admit_and_reserve(caller, call, timeout_s)
-        provider = self._providers[call.route.provider]
+    async def chat(
+        self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
+    ) -> ChatResult:
+        admission = await self._admit_and_reserve(caller, call, timeout_s)
+
+        async def attempt(deployment: Deployment, time_left_s: float) -> ProviderResponse:
+            return await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
+
         try:
-            answer = await provider.chat(self._request(call, timeout_s))
+            done = await self._chain.call(call.route, attempt, timeout_s)
         except BaseException as exc:
             await asyncio.shield(self._budget.release(call.request_id))
-            if isinstance(exc, ProviderError):
-                raise _upstream(exc) from exc
+            if isinstance(exc, ChainError):
+                raise chain_error(exc) from exc
             raise
-        cost = await asyncio.shield(self._settle(call, answer.usage))
+        answer = done.value
+        _record_attempts(done.attempts)
+        cost = await asyncio.shield(self._settle(call, done.deployment, answer.usage))
+        await asyncio.shield(self._admission.record_usage(caller, call, admission, answer.usage))
         return ChatResult(
             call.request_id,
             call.route.name,
-            provider.name,
+            done.deployment.provider,
             answer.text,
             answer.finish_reason,
             answer.usage,
@@ -170,15 +206,19 @@ class ChatFlow:
         )
 
     async def stream(
-        self, caller: Caller, call: ChatCall, timeout_s: float | None
+        self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
     ) -> AsyncIterator[str | StreamToolCallDelta | ChatResult]:
         """Yield text deltas and tool-call pieces, then one ChatResult."""
-        await self._admit_and_reserve(caller, call, timeout_s)
-        provider = self._providers[call.route.provider]
+        admission = await self._admit_and_reserve(caller, call, timeout_s)
+
+        def open_stream(deployment: Deployment, time_left_s: float) -> AsyncIterator[StreamItem]:
+            return providers[deployment.provider].stream(self._request(call, deployment, time_left_s))
+
+        chain = self._chain.stream(call.route, open_stream, timeout_s)
         parts: list[str] = []
         settled = False
         try:
-            async for item in provider.stream(self._request(call, timeout_s)):
+            async for item in chain:
                 if isinstance(item, StreamDelta):
                     parts.append(item.text)
                     yield item.text
@@ -186,11 +226,14 @@ class ChatFlow:
                     yield item
                 elif isinstance(item, StreamEnd):
                     settled = True
-                    cost = await asyncio.shield(self._settle(call, item.usage))
+                    assert chain.deployment is not None
+                    _record_attempts(chain.attempts)
+                    cost = await asyncio.shield(self._settle(call, chain.deployment, item.usage))
+                    await asyncio.shield(self._admission.record_usage(caller, call, admission, item.usage))
                     yield ChatResult(
                         call.request_id,
                         call.route.name,
-                        provider.name,
+                        chain.deployment.provider,
                         "".join(parts),
                         item.finish_reason,
                         item.usage,
@@ -198,23 +241,100 @@ class ChatFlow:
                         item.tool_calls,
                     )
                     return
-            raise ProviderError(provider.name, "protocol", "stream ended without usage")
-        except ProviderError as exc:
+        except ChainError as exc:
             if not settled:
-                await asyncio.shield(self._budget.release(call.request_id))
-            raise _upstream(exc) from exc
+                _record_attempts(exc.attempts)
+                # A stream cut after output began is billed by the provider for what it
+                # generated; one that produced nothing is released like a failed call.
+                if parts and chain.deployment is not None:
+                    await asyncio.shield(self._settle(call, chain.deployment, produced_usage(call, parts)))
+                else:
+                    await asyncio.shield(self._budget.release(call.request_id))
+            raise chain_error(exc) from exc
         except BaseException:
             if not settled:
-                # The caller went away mid-stream: the provider may bill what it generated,
-                # so settle at the reserved worst case rather than under-count spend.
-                worst = TokenUsage(input_token_bound(call.messages), call.max_tokens)
-                await asyncio.shield(self._settle(call, worst))
+                # The caller went away mid-stream: settle what was produced so far, not the
+                # worst case (the provider stops generating when the connection closes).
+                if chain.deployment is not None:
+                    await asyncio.shield(self._settle(call, chain.deployment, produced_usage(call, parts)))
+                else:
+                    await asyncio.shield(self._budget.release(call.request_id))
             raise
+        finally:
+            await chain.aclose()
 
 
-def _upstream(exc: ProviderError) -> UpstreamError:
-    return UpstreamError(
-        f"provider {exc.provider} failed: {exc.kind}",
-        retry_after_s=exc.retry_after_s,
-        metadata={"provider": exc.provider, "kind": exc.kind},
+def _record_attempts(attempts: Sequence[AttemptRecord]) -> None:
+    """Every attempt of the chain as an event on the current span (the router's server span)."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("interlock.attempts", len(attempts))
+    for i, a in enumerate(attempts):
+        span.add_event(
+            "interlock.attempt",
+            {
+                "attempt": i,
+                "provider": a.deployment.provider,
+                "upstream_model": a.deployment.upstream_model,
+                "outcome": a.kind or "ok",
+                "latency_ms": round(a.latency_s * 1000, 3),
+                "backoff_ms": round(a.waited_s * 1000, 3),
+            },
+        )
+
+
+def chain_error(exc: ChainError) -> InterlockError:
+    """The caller's typed error for a chain that could not serve the call."""
+    metadata = {"reason": exc.reason, "kind": exc.kind, "provider": exc.provider, "attempts": str(len(exc.attempts))}
+    if exc.reason == ChainFailure.DEADLINE:
+        return DeadlineExceededError(f"{exc}", metadata=metadata)
+    if exc.reason == ChainFailure.UNAVAILABLE and exc.kind == "rate_limited":
+        return RateLimitedError(f"{exc}", retry_after_s=exc.retry_after_s, metadata={**metadata, "scope": "provider"})
+    if exc.reason == ChainFailure.TERMINAL and exc.kind in ("bad_request", "context_length_exceeded"):
+        return InvalidArgumentError(f"the provider refused the request: {exc}", field="messages", metadata=metadata)
+    return UpstreamError(f"{exc}", retry_after_s=exc.retry_after_s, metadata=metadata)
+
+
+def produced_usage(call: ChatCall, parts: Sequence[str]) -> TokenUsage:
+    """Tokens to bill for a stream that ended before the provider reported usage.
+
+    Input: the reservation's upper bound (the provider read the whole prompt). Output: a
+    deterministic estimate of the text already streamed, rounded up: at least one token
+    per delta (providers send whole tokens) and at least one per 4 UTF-8 bytes, never
+    more than max_tokens.
+    """
+    size = sum(len(p.encode("utf-8", "surrogatepass")) for p in parts)
+    output = min(call.max_tokens, max(len(parts), math.ceil(size / 4)))
+    return TokenUsage(input_token_bound(call.messages), output)
+
+
+def budget_exceeded(reservation: Reservation, worst_case_nanos: int) -> BudgetExceededError:
+    """The refusal, naming the budget with its limit, spend and reset time (as text and metadata)."""
+
+    def usd(nanos: int) -> str:
+        return f"{Decimal(nanos) / NANOS_PER_USD:f}"
+
+    reset = (
+        datetime.fromtimestamp(reservation.reset_at, UTC).isoformat().replace("+00:00", "Z")
+        if reservation.reset_at
+        else ""
+    )
+    when = f"; resets {reset}" if reset else "; no window, does not reset"
+    return BudgetExceededError(
+        f"budget {reservation.exceeded_scope} (limit ${usd(reservation.limit_nanos)}"
+        f"{' per ' + reservation.window if reservation.window not in ('', 'none') else ''}) refused a worst-case"
+        f" cost of ${usd(worst_case_nanos)}: spent ${usd(reservation.committed_nanos)}, held"
+        f" ${usd(reservation.reserved_nanos)}, remaining ${usd(reservation.remaining_nanos)}{when}",
+        metadata={
+            "scope": reservation.exceeded_scope,
+            "limit_usd": usd(reservation.limit_nanos),
+            "spent_usd": usd(reservation.committed_nanos),
+            "reserved_usd": usd(reservation.reserved_nanos),
+            "remaining_usd": usd(reservation.remaining_nanos),
+            "remaining_nanos": str(reservation.remaining_nanos),
+            "worst_case_usd": usd(worst_case_nanos),
+            "window": reservation.window or "none",
+            "reset_at": reset,
+        },
     )

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 log = logging.getLogger("interlock.traceingest.clickhouse")
 
 T = TypeVar("T")
-QueryParams = Mapping[str, str | int]
+QueryParams = Mapping[str, str | int | list[str]]
+"""Query parameters; a list binds to an Array(String) placeholder."""
 
 
 class ClickHouseError(Exception):
@@ -34,8 +35,10 @@ class ClickHouseClient(Protocol):
     async def command(self, sql: str) -> None:
         """Run a statement that returns nothing (DDL)."""
 
-    async def insert_json_rows(self, table: str, columns: Sequence[str], payload: bytes) -> None:
-        """Insert JSONEachRow `payload` into `table` (a qualified name) as one INSERT."""
+    async def insert_json_rows(
+        self, table: str, columns: Sequence[str], payload: bytes, settings: QueryParams | None = None
+    ) -> None:
+        """Insert JSONEachRow `payload` into `table` (a qualified name) as one INSERT, with query `settings`."""
 
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         """Run a query with `{name:Type}` placeholders bound server-side; rows as JSON values."""
@@ -50,6 +53,29 @@ def _rows_from_json_compact(raw: bytes | str) -> list[list[Any]]:
     data = json.loads(raw)["data"]
     assert isinstance(data, list)
     return data
+
+
+def array_literal(values: list[str]) -> str:
+    """A ClickHouse Array(String) literal, as chdb takes an array parameter."""
+    quoted = ("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+    return "[" + ",".join(quoted) + "]"
+
+
+def _settings_clause(settings: QueryParams) -> str:
+    """` SETTINGS a=1, b='x'` for an INSERT's text; setting names are identifiers, values quoted."""
+    if not settings:
+        return ""
+    parts = []
+    for name, value in settings.items():
+        if not name.isidentifier():
+            raise ValueError(f"setting name {name!r} is not an identifier")
+        if isinstance(value, int):
+            parts.append(f"{name}={value:d}")
+        elif isinstance(value, list):
+            raise ValueError(f"setting {name!r} cannot be a list")
+        else:
+            parts.append(f"{name}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'")
+    return " SETTINGS " + ", ".join(parts)
 
 
 class HttpClickHouse:
@@ -104,10 +130,14 @@ class HttpClickHouse:
     async def command(self, sql: str) -> None:
         await self._call("command", lambda client: client.command(sql))
 
-    async def insert_json_rows(self, table: str, columns: Sequence[str], payload: bytes) -> None:
+    async def insert_json_rows(
+        self, table: str, columns: Sequence[str], payload: bytes, settings: QueryParams | None = None
+    ) -> None:
         await self._call(
             f"insert into {table}",
-            lambda client: client.raw_insert(table, list(columns), insert_block=payload, fmt="JSONEachRow"),
+            lambda client: client.raw_insert(
+                table, list(columns), insert_block=payload, settings=dict(settings or {}), fmt="JSONEachRow"
+            ),
         )
 
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
@@ -160,9 +190,13 @@ class EmbeddedClickHouse:
     async def command(self, sql: str) -> None:
         await self._call("command", lambda session: session.query(sql, "TabSeparated"))
 
-    async def insert_json_rows(self, table: str, columns: Sequence[str], payload: bytes) -> None:
+    async def insert_json_rows(
+        self, table: str, columns: Sequence[str], payload: bytes, settings: QueryParams | None = None
+    ) -> None:
+        clause = _settings_clause(settings or {})
+
         def work(session: Any) -> None:
-            inserter = session.send_insert(f"INSERT INTO {table} ({', '.join(columns)})", "JSONEachRow")
+            inserter = session.send_insert(f"INSERT INTO {table} ({', '.join(columns)}){clause}", "JSONEachRow")
             with inserter:
                 inserter.append(payload)
                 inserter.finish()
@@ -171,7 +205,8 @@ class EmbeddedClickHouse:
 
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         def work(session: Any) -> bytes:
-            result = session.query(sql, "JSONCompact", params=dict(params))
+            text_params = {k: array_literal(v) if isinstance(v, list) else v for k, v in params.items()}
+            result = session.query(sql, "JSONCompact", params=text_params)
             return bytes(result.bytes())
 
         return _rows_from_json_compact(await self._call("query", work))

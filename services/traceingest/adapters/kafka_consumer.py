@@ -1,14 +1,16 @@
-"""Consumes usage events from Kafka and stores them (at-least-once).
+"""Consumes usage events from Kafka and stores them: at-least-once delivery, counted once.
 
-Offsets are committed only after the batch's ClickHouse insert succeeded; a batch that
-could not be stored is read again (after a restart, a rebalance, or a seek back here), and
-the copies collapse in `usage_events`.
+Offsets are committed only after the batch's ClickHouse insert succeeded (and its bad
+records reached the dead-letter topic); a batch that could not be stored is read again
+(after a restart, a rebalance, or a seek back here), and the store drops the copies
+before they are inserted (see `store.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, log_if_crashed, sleep_unless
@@ -30,7 +32,10 @@ class KafkaUsageConsumer:
         max_records: int = 500,
         poll_timeout_ms: int = 200,
         backoff: Backoff = DEFAULT_BACKOFF,
+        prepare: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        self.prepare = prepare
+        """Run before consuming, retried with the connection (creates the topics)."""
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
@@ -67,6 +72,8 @@ class KafkaUsageConsumer:
                 auto_offset_reset="earliest",
             )
             try:
+                if self.prepare is not None:
+                    await self.prepare()
                 await consumer.start()
             except Exception as exc:  # noqa: BLE001 - the broker may come up later
                 failures += 1

@@ -83,6 +83,6 @@ class SpoolUsageConsumer:
                 "messaging.destination.name": self.destination,
                 "messaging.consumer.group.name": self.group,
                 "interlock.spool.offset": record.offset,
-                "messaging.message.id": record.key,
+                "messaging.message.key": record.key,
             },
         )

@@ -1,76 +1,44 @@
-"""Trace-ingest's tables in ClickHouse: their DDL, row encoding, and the queries it answers."""
+"""Trace-ingest's tables in ClickHouse: row encoding, the usage insert, and the queries it answers.
+
+The DDL lives in versioned files under `migrations/`, applied by `MigrationRunner`.
+
+Exactly once in effect, for usage: a record may arrive more than once (the outbox
+re-sends after a crash; the consumer re-reads a batch whose offsets it did not commit).
+The raw table is a ReplacingMergeTree keyed by event id and read with FINAL, but its
+collapse happens at merge time, after the rollup views have counted every copy. So copies
+are kept out at insert: (1) the batch drops event ids that are already stored, which is
+exact because events are keyed by project and one consumer owns a partition at a time;
+(2) the insert carries a deduplication token made from its event ids, so a retried insert
+whose first attempt landed after all (a timeout) is dropped by ClickHouse before any view
+fires.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, ClickHouseError, QueryParams
-from interlock.services.traceingest.domain import CostQuery, CostRow, SpanRecord, UsageRecord
+from interlock.services.traceingest.adapters.migrations import MigrationRunner
+from interlock.services.traceingest.domain import CostQuery, CostRow, Dimension, SpanRecord, UsageRecord
 
 log = logging.getLogger("interlock.traceingest.store")
 
 USAGE_TABLE = "usage_events"
 SPANS_TABLE = "spans"
+HOURLY_TABLE = "usage_hourly"
+REPRICES_TABLE = "usage_reprices"
+_PRESENCE_CHUNK = 2000
+"""Event ids asked about per presence query (they travel as one query parameter)."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# Redelivered events (Kafka at-least-once, spool replays) collapse on the sorting key:
-# queries read with FINAL, so one event_id is always one row. PARTITION BY the event's own
-# time keeps every copy of an event in the same partition, where the collapse happens.
-USAGE_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.usage_events
-(
-    event_id String,
-    org LowCardinality(String),
-    project String,
-    developer String,
-    api_key_id String,
-    provider LowCardinality(String),
-    model LowCardinality(String),
-    input_tokens Int64,
-    output_tokens Int64,
-    cost_nanos Int64,
-    status LowCardinality(String),
-    occurred_at DateTime64(3, 'UTC'),
-    trace_id String,
-    run_id String,
-    agent String,
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
-)
-ENGINE = ReplacingMergeTree(ingested_at)
-PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (org, project, event_id)
-"""
-
-# OTLP exporters retry whole batches, so a span may arrive twice: it collapses like usage.
-SPANS_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.spans
-(
-    trace_id String,
-    span_id String,
-    parent_span_id String,
-    service_name LowCardinality(String),
-    name String,
-    kind LowCardinality(String),
-    start_time DateTime64(9, 'UTC'),
-    end_time DateTime64(9, 'UTC'),
-    status_code LowCardinality(String),
-    status_message String,
-    scope_name LowCardinality(String),
-    attributes Map(String, String),
-    resource_attributes Map(String, String),
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
-)
-ENGINE = ReplacingMergeTree(ingested_at)
-PARTITION BY toYYYYMM(start_time)
-ORDER BY (trace_id, span_id)
-"""
 
 USAGE_COLUMNS = (
     "event_id",
@@ -88,6 +56,13 @@ USAGE_COLUMNS = (
     "trace_id",
     "run_id",
     "agent",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cache_write_tokens",
+    "config_version",
+    "latency_ms",
+    "attempt",
+    "schema_version",
 )
 SPAN_COLUMNS = (
     "trace_id",
@@ -121,6 +96,13 @@ def format_unix(value: int, digits: int) -> str:
     return f"{stamp}.{fraction:0{digits}d}"
 
 
+def _dedup_token(keys: Iterable[tuple[str, str, str]]) -> str:
+    digest = hashlib.sha256()
+    for org, project, event_id in sorted(keys):
+        digest.update(f"{org}\x00{project}\x00{event_id}\x01".encode())
+    return "usage-" + digest.hexdigest()
+
+
 def _json_each_row(rows: Iterable[Mapping[str, object]]) -> bytes:
     return b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
 
@@ -139,15 +121,13 @@ class TraceStore:
         return f"{self.database}.{name}"
 
     async def ensure_schema(self) -> None:
-        """Create the database and tables if missing; later calls are free."""
+        """Apply pending schema migrations (creating the database if missing); later calls are free."""
         if self._schema_ready:
             return
         async with self._schema_lock:
             if self._schema_ready:
                 return
-            await self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            await self.client.command(USAGE_DDL.format(db=self.database))
-            await self.client.command(SPANS_DDL.format(db=self.database))
+            await MigrationRunner(self.client, self.database).migrate()
             self._schema_ready = True
 
     async def start(self) -> None:
@@ -157,11 +137,22 @@ class TraceStore:
         except ClickHouseError as exc:
             log.warning("clickhouse unavailable at start; will retry", extra={"fields": {"error": str(exc)}})
 
-    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Insert `records` as one INSERT; raises ClickHouseError, after which none may be assumed stored."""
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> int:
+        """Store the records not stored yet, as one INSERT; returns how many were new.
+
+        Raises ClickHouseError, after which none may be assumed stored; calling again with
+        the same records is safe (see the module docstring).
+        """
         if not records:
-            return
+            return 0
         await self.ensure_schema()
+        unique: dict[tuple[str, str, str], UsageRecord] = {}
+        for record in records:
+            unique.setdefault((record.org, record.project, record.event_id), record)
+        stored = await self._stored_keys(list(unique.values()))
+        fresh = {key: r for key, r in unique.items() if key not in stored}
+        if not fresh:
+            return 0
         rows = (
             {
                 "event_id": r.event_id,
@@ -179,10 +170,44 @@ class TraceStore:
                 "trace_id": r.trace_id,
                 "run_id": r.run_id,
                 "agent": r.agent,
+                "cached_input_tokens": r.cached_input_tokens,
+                "reasoning_tokens": r.reasoning_tokens,
+                "cache_write_tokens": r.cache_write_tokens,
+                "config_version": r.config_version,
+                "latency_ms": r.latency_ms,
+                "attempt": r.attempt,
+                "schema_version": r.schema_version,
             }
-            for r in records
+            for r in fresh.values()
         )
-        await self.client.insert_json_rows(self._table(USAGE_TABLE), USAGE_COLUMNS, _json_each_row(rows))
+        await self.client.insert_json_rows(
+            self._table(USAGE_TABLE),
+            USAGE_COLUMNS,
+            _json_each_row(rows),
+            settings={"insert_deduplication_token": _dedup_token(fresh)},
+        )
+        return len(fresh)
+
+    async def _stored_keys(self, records: Sequence[UsageRecord]) -> set[tuple[str, str, str]]:
+        """Which of `records` are in usage_events already, as (org, project, event_id)."""
+        found: set[tuple[str, str, str]] = set()
+        for start in range(0, len(records), _PRESENCE_CHUNK):
+            chunk = records[start : start + _PRESENCE_CHUNK]
+            # Copies of an event carry its occurred_at, so the time range prunes partitions.
+            sql = (
+                f"SELECT org, project, event_id FROM {self._table(USAGE_TABLE)}"
+                " WHERE project IN {projects:Array(String)} AND event_id IN {ids:Array(String)}"
+                " AND occurred_at BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+                " AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+            )
+            params: QueryParams = {
+                "projects": sorted({r.project for r in chunk}),
+                "ids": [r.event_id for r in chunk],
+                "lo": max(0, min(r.occurred_at_ms for r in chunk)),
+                "hi": max(0, max(r.occurred_at_ms for r in chunk)),
+            }
+            found.update((str(r[0]), str(r[1]), str(r[2])) for r in await self.client.select(sql, params))
+        return found
 
     async def insert_spans(self, spans: Sequence[SpanRecord]) -> None:
         """Insert `spans` as one INSERT; raises ClickHouseError."""
@@ -210,32 +235,40 @@ class TraceStore:
         await self.client.insert_json_rows(self._table(SPANS_TABLE), SPAN_COLUMNS, _json_each_row(rows))
 
     async def query_costs(self, query: CostQuery) -> list[CostRow]:
-        """Sums per group, costliest first. Only allow-listed column names enter the SQL text."""
+        """Sums per group, costliest first. Only allow-listed column names enter the SQL text.
+
+        Whole hours come from the hourly rollup when every dimension is in it; the raw
+        table (FINAL) answers the rest: run ids, repriced costs, and the partial hours at
+        either end of the time range.
+        """
         await self.ensure_schema()
-        columns = [d.column for d in query.group_by]
-        conditions: list[str] = []
         params: dict[str, str | int] = {}
-        if query.since is not None:
-            conditions.append("occurred_at >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')")
-            params["since_ms"] = int(query.since.timestamp() * 1000)
+        tenant: list[str] = []
         if query.org:
-            conditions.append("org = {org:String}")
+            tenant.append("org = {org:String}")
             params["org"] = query.org
         if query.project:
-            conditions.append("project = {project:String}")
+            tenant.append("project = {project:String}")
             params["project"] = query.project
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        keys = "".join(f"toString({c}) AS key_{c}, " for c in columns)
-        group = f"GROUP BY {', '.join(columns)}" if columns else ""
-        order = "".join(f", key_{c}" for c in columns)
+        if query.since is not None:
+            params["since_ms"] = int(query.since.timestamp() * 1000)
+        if query.until is not None:
+            params["until_ms"] = int(query.until.timestamp() * 1000)
+        use_rollup = all(d.in_rollups for d in query.group_by) and not query.repriced
+        source = self._rollup_source(query, tenant) if use_rollup else self._raw_source(query, tenant, whole=True)
+        keys = "".join(f"{_dimension_sql(d)} AS key_{d.value}, " for d in query.group_by)
+        group = f"GROUP BY {', '.join(f'key_{d.value}' for d in query.group_by)}" if query.group_by else ""
+        order = "".join(f", key_{d.value}" for d in query.group_by)
+        limit = min(query.limit or self.max_rows, self.max_rows)
         sql = (
-            f"SELECT {keys}count() AS requests, sum(input_tokens) AS total_input,"
-            f" sum(output_tokens) AS total_output, sum(cost_nanos) AS total_cost"
-            f" FROM {self._table(USAGE_TABLE)} FINAL {where} {group}"
+            f"SELECT {keys}sum(requests) AS total_requests, sum(input_tokens) AS total_input,"
+            " sum(output_tokens) AS total_output, sum(cost_nanos) AS total_cost,"
+            " sum(cached_input_tokens) AS total_cached, sum(reasoning_tokens) AS total_reasoning"
+            f" FROM ({source}) {group}"
             # Without GROUP BY an empty table still yields one all-zero row; HAVING drops it.
-            f" HAVING requests > 0 ORDER BY total_cost DESC{order} LIMIT {self.max_rows:d}"
+            f" HAVING total_requests > 0 ORDER BY total_cost DESC{order} LIMIT {limit:d}"
         )
-        width = len(columns)
+        width = len(query.group_by)
         return [
             CostRow(
                 keys=tuple(str(v) for v in row[:width]),
@@ -243,9 +276,117 @@ class TraceStore:
                 input_tokens=int(row[width + 1]),
                 output_tokens=int(row[width + 2]),
                 cost_nanos=int(row[width + 3]),
+                cached_input_tokens=int(row[width + 4]),
+                reasoning_tokens=int(row[width + 5]),
             )
             for row in await self.client.select(sql, params)
         ]
+
+    def _raw_source(self, query: CostQuery, tenant: list[str], *, whole: bool, lo: str = "", hi: str = "") -> str:
+        """Deduplicated raw rows in the query's range (or in [lo, hi) when given), one row a request."""
+        conditions = list(tenant)
+        if whole:
+            if query.since is not None:
+                conditions.append("occurred_at >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')")
+            if query.until is not None:
+                conditions.append("occurred_at < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
+        else:
+            conditions += [f"occurred_at >= {lo}", f"occurred_at < {hi}"]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        cost = "cost_nanos"
+        join = ""
+        if query.repriced:
+            # The newest repricing of an event, else the cost billed at the time.
+            cost = "if(r.event_id = '', u.cost_nanos, r.cost_nanos)"
+            join = (
+                f" LEFT ANY JOIN (SELECT event_id, org, project, cost_nanos FROM {self._table(REPRICES_TABLE)} FINAL)"
+                " AS r ON u.org = r.org AND u.project = r.project AND u.event_id = r.event_id"
+            )
+        return (
+            "SELECT u.org AS org, u.project AS project, u.developer AS developer, u.provider AS provider,"
+            " u.model AS model, u.agent AS agent, u.run_id AS run_id, toDateTime(u.occurred_at, 'UTC') AS ts,"
+            " toUInt64(1) AS requests, u.input_tokens AS input_tokens, u.output_tokens AS output_tokens,"
+            f" {cost} AS cost_nanos, u.cached_input_tokens AS cached_input_tokens,"
+            " u.reasoning_tokens AS reasoning_tokens"
+            f" FROM (SELECT * FROM {self._table(USAGE_TABLE)} FINAL {where}) AS u{join}"
+        )
+
+    def _rollup_source(self, query: CostQuery, tenant: list[str]) -> str:
+        since = "fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')"
+        until = "fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')"
+        # Whole hours inside [since, until) from the rollup; the ragged ends from raw rows.
+        first_hour = f"toDateTime64(toStartOfHour({since}) + if(toStartOfHour({since}) < {since}, 3600, 0), 3, 'UTC')"
+        last_hour = f"toDateTime64(toStartOfHour({until}), 3, 'UTC')"
+        conditions = list(tenant)
+        if query.since is not None:
+            conditions.append(f"hour >= {first_hour}")
+        if query.until is not None:
+            conditions.append(f"hour < {last_hour}")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        parts = [
+            "SELECT org, project, developer, provider, model, agent, '' AS run_id, hour AS ts, requests,"
+            " input_tokens, output_tokens, cost_nanos, cached_input_tokens, reasoning_tokens"
+            f" FROM {self._table(HOURLY_TABLE)} {where}"
+        ]
+        if query.since is not None:
+            hi = f"least({first_hour}, {until})" if query.until is not None else first_hour
+            parts.append(self._raw_source(query, tenant, whole=False, lo=since, hi=hi))
+        if query.until is not None:
+            lo = f"greatest({last_hour}, {since})" if query.since is not None else last_hour
+            parts.append(self._raw_source(query, tenant, whole=False, lo=lo, hi=until))
+        return " UNION ALL ".join(parts)
+
+    async def usage_to_reprice(
+        self, since_ms: int, after: tuple[str, str, str], page: int
+    ) -> list[tuple[tuple[str, str, str], RepriceInput]]:
+        """A page of stored events at or after `since_ms`, ordered by key, after key `after`."""
+        await self.ensure_schema()
+        sql = (
+            "SELECT org, project, event_id, provider, model, input_tokens, output_tokens,"
+            " cached_input_tokens, cache_write_tokens, toUnixTimestamp64Milli(occurred_at), cost_nanos"
+            f" FROM {self._table(USAGE_TABLE)} FINAL"
+            " WHERE occurred_at >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')"
+            " AND (org, project, event_id) > ({a_org:String}, {a_project:String}, {a_event:String})"
+            f" ORDER BY org, project, event_id LIMIT {page:d}"
+        )
+        params: QueryParams = {"since_ms": since_ms, "a_org": after[0], "a_project": after[1], "a_event": after[2]}
+        return [
+            (
+                (str(r[0]), str(r[1]), str(r[2])),
+                RepriceInput(
+                    provider=str(r[3]),
+                    model=str(r[4]),
+                    input_tokens=int(r[5]),
+                    output_tokens=int(r[6]),
+                    cached_input_tokens=int(r[7]),
+                    cache_write_tokens=int(r[8]),
+                    occurred_at_ms=int(r[9]),
+                    billed_nanos=int(r[10]),
+                ),
+            )
+            for r in await self.client.select(sql, params)
+        ]
+
+    async def insert_reprices(self, rows: Sequence[tuple[tuple[str, str, str], int, int]], source: str) -> None:
+        """Record new costs ((org, project, event_id), occurred_at_ms, cost_nanos); raw events stay as they are."""
+        if not rows:
+            return
+        payload = _json_each_row(
+            {
+                "org": key[0],
+                "project": key[1],
+                "event_id": key[2],
+                "occurred_at": format_unix(occurred_ms, 3),
+                "cost_nanos": cost,
+                "price_source": source,
+            }
+            for key, occurred_ms, cost in rows
+        )
+        await self.client.insert_json_rows(
+            self._table(REPRICES_TABLE),
+            ("org", "project", "event_id", "occurred_at", "cost_nanos", "price_source"),
+            payload,
+        )
 
     async def get_trace(self, trace_id: str) -> list[SpanRecord]:
         """The spans of one trace, oldest first."""
@@ -262,6 +403,30 @@ class TraceStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+@dataclass(frozen=True)
+class RepriceInput:
+    """What a stored event's cost is computed from."""
+
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    occurred_at_ms: int
+    billed_nanos: int
+    """The cost stored with the event (as billed)."""
+
+
+def _dimension_sql(dim: Dimension) -> str:
+    """The dimension's value over a cost source (raw or rollup rows), as text."""
+    if dim is Dimension.DAY:
+        return "toString(toDate(ts))"
+    if dim is Dimension.HOUR:
+        return "formatDateTime(toStartOfHour(ts), '%Y-%m-%dT%H:00:00Z', 'UTC')"
+    return f"toString({dim.value})"
 
 
 def _span_from_row(row: Sequence[Any]) -> SpanRecord:

@@ -20,6 +20,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from interlock.services.traceingest.adapters.dead_letters import DeadLetter, DeadLetterSink
 from interlock.services.traceingest.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_until_stopped
 from interlock.services.traceingest.adapters.store import USAGE_TABLE, TraceStore
 from interlock.services.traceingest.domain import UsageRecord
@@ -67,7 +68,9 @@ class UsageIngestor:
         process_span_name: str,
         backoff: Backoff = DEFAULT_BACKOFF,
         tracer: trace.Tracer | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
+        self.dead_letters = dead_letters
         self.tracer = tracer or _tracer
         self.store = store
         self.decode = decode
@@ -77,12 +80,13 @@ class UsageIngestor:
     async def ingest(self, records: Sequence[InboundRecord], stop: asyncio.Event) -> bool:
         """Store every valid record of `records`.
 
-        True when they are in ClickHouse (records that cannot be decoded are logged and
-        skipped: retrying cannot fix them). False when `stop` came before the insert
-        succeeded; then nothing may be committed, and the records will be delivered again.
+        True when they are in ClickHouse and the records that cannot be stored (retrying
+        cannot fix them) are in the dead-letter sink. False when `stop` came first; then
+        nothing may be committed, and the records will be delivered again.
         """
         spans: list[trace.Span] = []
         rows: list[UsageRecord] = []
+        rejected: list[DeadLetter] = []
         for record in records:
             parent = propagate.extract(record.headers, getter=HEADER_GETTER)
             span = self.tracer.start_span(
@@ -101,17 +105,33 @@ class UsageIngestor:
                 span.set_status(Status(StatusCode.ERROR, "undecodable usage event"))
                 with trace.use_span(span, end_on_exit=True):
                     log.error(
-                        "skipping usage record that is not a valid UsageEvent",
+                        "usage record is not a valid UsageEvent; dead-lettered",
                         extra={"fields": {"key": record.key, "error": str(exc), **_loggable(record.attributes)}},
                     )
+                reason = f"{type(exc).__name__}: {exc}"
+                rejected.append(DeadLetter(record.key, record.value, record.headers, reason, record.attributes))
                 continue
             span.set_attribute("interlock.usage.event_id", row.event_id)
             spans.append(span)
             rows.append(row)
-        if not rows:
-            return True
+        if rows and not await self._insert(rows, spans, stop):
+            return False
+        if rejected and self.dead_letters is not None:
+            sink = self.dead_letters
+
+            async def send() -> None:
+                await sink.send(rejected)
+
+            return await retry_until_stopped(
+                send, what=f"dead-lettering of {len(rejected)} usage records", backoff=self.backoff, stop=stop
+            )
+        return True
+
+    async def _insert(self, rows: list[UsageRecord], spans: list[trace.Span], stop: asyncio.Event) -> bool:
+        new = 0
 
         async def insert() -> None:
+            nonlocal new
             with self.tracer.start_as_current_span(
                 f"clickhouse insert {USAGE_TABLE}",
                 context=trace.set_span_in_context(spans[0]),
@@ -126,8 +146,9 @@ class UsageIngestor:
                     "db.collection.name": USAGE_TABLE,
                     "db.operation.batch.size": len(rows),
                 },
-            ):
-                await self.store.insert_usage(rows)
+            ) as insert_span:
+                new = await self.store.insert_usage(rows)
+                insert_span.set_attribute("interlock.usage.new_events", new)
 
         stored = await retry_until_stopped(
             insert, what=f"insert of {len(rows)} usage events", backoff=self.backoff, stop=stop
@@ -137,7 +158,7 @@ class UsageIngestor:
                 span.set_status(Status(StatusCode.ERROR, "not stored before stop; will be redelivered"))
             span.end()
         if stored:
-            log.debug("stored usage events", extra={"fields": {"events": len(rows)}})
+            log.debug("stored usage events", extra={"fields": {"events": len(rows), "new": new}})
         return stored
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from interlock.errors import InvalidArgumentError, UnavailableError
+from interlock.errors import AuthenticationError, InvalidArgumentError, UnavailableError
+from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseError
 from interlock.services.traceingest.adapters.store import TraceStore
 from interlock.services.traceingest.domain import CostQuery, SpanRecord, parse_trace_id
@@ -46,20 +47,59 @@ def _unavailable(exc: ClickHouseError) -> UnavailableError:
     return UnavailableError("trace store (ClickHouse) is unavailable", retry_after_s=1.0)
 
 
-class TraceIngestServicer:
-    """Answers usage and trace queries from ClickHouse."""
+def api_key_of(context: Context) -> str:
+    """The key from `authorization: Bearer <key>` or `x-api-key: <key>` metadata, as the router reads it."""
+    for key, value in context.invocation_metadata() or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "authorization" and text[:7].lower() == "bearer ":
+            return text[7:].strip()
+        if key == "x-api-key":
+            return text.strip()
+    return ""
 
-    def __init__(self, store: TraceStore) -> None:
+
+def _instant(request: pb.QueryCostsRequest, name: Literal["since", "until"]) -> datetime | None:
+    if not request.HasField(name):
+        return None
+    try:
+        value: datetime = getattr(request, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgumentError("is not a valid timestamp", field=name) from exc
+    return value
+
+
+class TraceIngestServicer:
+    """Answers usage and trace queries from ClickHouse.
+
+    A QueryCosts call with an API key is answered for that key's project only. Without
+    one it is an operator's call, allowed unless `require_api_key`.
+    """
+
+    def __init__(
+        self, store: TraceStore, auth: BudgetAuthenticator | None = None, *, require_api_key: bool = False
+    ) -> None:
         self.store = store
+        self.auth = auth
+        self.require_api_key = require_api_key
 
     async def QueryCosts(self, request: pb.QueryCostsRequest, context: Context) -> pb.QueryCostsResponse:
-        since: datetime | None = None
-        if request.HasField("since"):
-            try:
-                since = request.since.ToDatetime(tzinfo=UTC)
-            except (ValueError, OverflowError) as exc:
-                raise InvalidArgumentError("is not a valid timestamp", field="since") from exc
-        query = CostQuery.parse(list(request.group_by), since, request.org, request.project)
+        query = CostQuery.parse(
+            list(request.group_by),
+            _instant(request, "since"),
+            request.org,
+            request.project,
+            limit=request.limit,
+            until=_instant(request, "until"),
+            repriced=request.repriced,
+        )
+        key = api_key_of(context)
+        if key:
+            if self.auth is None:
+                raise AuthenticationError("this trace-ingest checks no API keys (no budget service configured)")
+            tenant = await self.auth.authenticate(key)
+            query = query.scoped_to(tenant.org, tenant.project)
+        elif self.require_api_key:
+            raise AuthenticationError("missing API key: send `authorization: Bearer <key>` metadata")
         try:
             rows = await self.store.query_costs(query)
         except ClickHouseError as exc:
@@ -73,6 +113,8 @@ class TraceIngestServicer:
                     input_tokens=r.input_tokens,
                     output_tokens=r.output_tokens,
                     cost_nanos=r.cost_nanos,
+                    cached_input_tokens=r.cached_input_tokens,
+                    reasoning_tokens=r.reasoning_tokens,
                 )
                 for r in rows
             ],

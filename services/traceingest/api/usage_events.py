@@ -24,6 +24,14 @@ def usage_record_from_event(event: UsageEvent) -> UsageRecord:
         trace_id=event.trace_id,
         run_id=event.run_id,
         agent=event.agent,
+        cached_input_tokens=event.cached_input_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+        cache_write_tokens=event.cache_write_tokens,
+        config_version=event.config_version,
+        latency_ms=event.latency_ms,
+        attempt=event.attempt,
+        # Producers before versioning leave it unset: they wrote layout 1.
+        schema_version=event.schema_version or 1,
     )
 
 

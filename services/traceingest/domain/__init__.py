@@ -10,6 +10,7 @@ from interlock.services.traceingest.domain.spans import (
 )
 from interlock.services.traceingest.domain.usage import (
     ALLOWED_DIMENSIONS,
+    MAX_SCHEMA_VERSION,
     CostQuery,
     CostRow,
     Dimension,
@@ -18,6 +19,7 @@ from interlock.services.traceingest.domain.usage import (
 
 __all__ = [
     "ALLOWED_DIMENSIONS",
+    "MAX_SCHEMA_VERSION",
     "REDACTED",
     "CostQuery",
     "CostRow",

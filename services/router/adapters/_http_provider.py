@@ -1,0 +1,437 @@
+"""What every HTTP provider adapter shares: the pooled client, deadlines, SSE, errors, secrets.
+
+Each provider module (openai, anthropic, cohere, azure_openai) subclasses `HttpProvider` and
+adds only its wire format: the request body, the answer and stream-event parsing, and how its
+error bodies refine the canonical `ProviderErrorKind`.
+
+One long-lived `httpx.AsyncClient` per provider (HTTP/1.1, pooled keep-alive connections).
+It is a plain client on purpose: the OpenTelemetry httpx instrumentation patches
+`httpx.AsyncHTTPTransport` itself, so these requests get client spans and a `traceparent`
+header without the adapters knowing about tracing.
+
+`request.timeout_s` (capped by the provider's `timeout_s`) bounds the whole attempt, stream
+included. The API key never appears in an error, a log line or a repr: upstream messages are
+scrubbed of it, and AUTH errors do not quote the upstream message at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from ..domain.provider import (
+    ProviderError,
+    ProviderErrorKind,
+    ProviderRequest,
+    ToolCall,
+)
+
+MESSAGE_LIMIT = 300
+"""Longest upstream error text quoted in a ProviderError."""
+_DRAIN_GRACE_S = 0.5
+"""After a stream's last event, how long to wait for the body's end so the connection can be reused."""
+_MIN_REDACTED_KEY = 8
+"""Keys shorter than this are placeholders (`"x"` in tests), not secrets: scrubbing them
+would mangle every message."""
+
+
+class Secret:
+    """Holds an API key so that neither repr nor vars() shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def status_kind(status: int) -> str:
+    """The canonical kind an HTTP status means before the body is read; providers refine it."""
+    if status == 429:
+        return ProviderErrorKind.RATE_LIMITED
+    if status in (401, 403):
+        return ProviderErrorKind.AUTH
+    if status == 408:
+        return ProviderErrorKind.TIMEOUT
+    if 400 <= status < 500:
+        return ProviderErrorKind.BAD_REQUEST
+    if status in (503, 529):
+        # 503 is how OpenAI-style servers say "overloaded"; 529 is Anthropic's.
+        return ProviderErrorKind.OVERLOADED
+    if status >= 500:
+        return ProviderErrorKind.SERVER_ERROR
+    return ProviderErrorKind.PROTOCOL  # a redirect or other status outside the API
+
+
+def retry_after_s(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI's) or `retry-after` (seconds or a date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, float(when.timestamp() - time.time()))
+
+
+def token_count(value: Any) -> int:
+    """A token count from JSON: an int, or a float with no fraction (Cohere sends `5.0`)."""
+    if isinstance(value, bool):
+        raise ValueError("token count is a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"token count {value!r} is not an integer")
+
+
+class ToolCallAssembler:
+    """Joins streamed tool-call pieces (by index) into whole `ToolCall`s."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+
+    def add(self, index: int, id_: str = "", name: str = "", arguments: str = "") -> None:
+        call = self._calls.setdefault(index, ["", "", ""])
+        call[0] = call[0] or id_
+        call[1] = call[1] or name
+        call[2] += arguments
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def calls(self, empty_arguments: str = "") -> tuple[ToolCall, ...]:
+        """The calls in index order; `empty_arguments` replaces an empty arguments text."""
+        return tuple(
+            ToolCall(id=id_, name=name, arguments=arguments or empty_arguments)
+            for _, (id_, name, arguments) in sorted(self._calls.items())
+        )
+
+
+class SSEDecoder:
+    """Incremental server-sent-events parser: bytes in, `data` payloads of whole events out.
+
+    Lines end in LF or CRLF; `event`, `id`, `retry` fields and comments are ignored: every
+    provider spoken here repeats the event type inside the JSON of `data`.
+    """
+
+    __slots__ = ("_buffer", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        return self._lines(lines)
+
+    def flush(self) -> list[bytes]:
+        """At end of body: an event not closed by a blank line still counts."""
+        lines = [self._buffer, b""] if self._buffer else [b""]
+        self._buffer = b""
+        return self._lines(lines)
+
+    def _lines(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data.clear()
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+
+class EventStream:
+    """The SSE payloads of one streamed answer, read under the attempt's deadline."""
+
+    __slots__ = ("_chunks", "_deadline", "_limit", "_provider")
+
+    def __init__(self, provider: HttpProvider, response: httpx.Response, deadline: float, limit: float) -> None:
+        self._provider = provider
+        self._chunks = response.aiter_bytes()
+        self._deadline = deadline
+        self._limit = limit
+
+    async def payloads(self) -> AsyncIterator[bytes]:
+        """Each event's `data`, until the body ends; raises TIMEOUT or PROTOCOL (network cut)."""
+        decoder = SSEDecoder()
+        while True:
+            # A timeout scope per await: one held across the `yield` would cancel the consumer.
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    chunk = await anext(self._chunks, None)
+            except TimeoutError:
+                raise self._provider.error(
+                    ProviderErrorKind.TIMEOUT, f"stream not done within {self._limit:g}s"
+                ) from None
+            except httpx.TimeoutException:
+                raise self._provider.error(ProviderErrorKind.TIMEOUT, f"stream stalled past {self._limit:g}s") from None
+            except httpx.HTTPError as exc:
+                raise self._provider.error(
+                    ProviderErrorKind.PROTOCOL, f"stream cut short: {type(exc).__name__}"
+                ) from exc
+            for data in decoder.feed(chunk) if chunk is not None else decoder.flush():
+                yield data
+            if chunk is None:
+                return
+
+    async def drain(self) -> None:
+        """Read the rest of a finished body briefly, so httpx can pool the connection again."""
+        grace_s = min(_DRAIN_GRACE_S, self._deadline - asyncio.get_running_loop().time())
+        if grace_s <= 0:
+            return
+        try:
+            async with asyncio.timeout(grace_s):
+                async for _ in self._chunks:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass  # the connection is then closed instead of reused; the answer is complete
+
+
+class HttpProvider:
+    """Base of the HTTP adapters: client, deadlines, transport errors and secret scrubbing."""
+
+    __slots__ = (
+        "_base_url",
+        "_client",
+        "_connect_timeout_s",
+        "_name",
+        "_secret",
+        "_timeout_s",
+    )
+
+    _request_id_header = "x-request-id"
+    """Response header carrying the provider's own request id (quoted in error details)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        api_key: str,
+        auth_headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_connections: int,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self._name = name
+        self._base_url = base_url.rstrip("/")
+        self._secret = Secret(api_key)
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url + "/",
+            headers={
+                **(headers or {}),
+                "content-type": "application/json",
+                "accept": "application/json",
+                "user-agent": "interlock-router",
+                **auth_headers,
+            },
+            timeout=httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r}, base_url={self._base_url!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- to be refined by each provider ----------------------------------------------------
+
+    def _status_error(self, response: httpx.Response) -> ProviderError:
+        """A non-2xx answer as a ProviderError; providers override to read their error body."""
+        return self.http_error(response, status_kind(response.status_code), "")
+
+    # -- I/O -------------------------------------------------------------------------------
+
+    async def _post(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        request: ProviderRequest,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST a JSON body, return the JSON object answered; raises ProviderError."""
+        limit = self._attempt_timeout(request)
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._client.post(
+                    path,
+                    content=_dumps(body),
+                    params=params,
+                    headers=self._request_headers(request),
+                    timeout=self._httpx_timeout(limit),
+                )
+        except TimeoutError:
+            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, limit) from exc
+        if response.status_code >= 300:
+            raise self._status_error(response)
+        return self.json_object(response.content)
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        request: ProviderRequest,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[EventStream]:
+        """POST a JSON body that asks for SSE; yields the event stream once the status is 2xx."""
+        limit = self._attempt_timeout(request)
+        # One deadline for the whole stream, checked by every read.
+        deadline = asyncio.get_running_loop().time() + limit
+        http_request = self._client.build_request(
+            "POST",
+            path,
+            content=_dumps(body),
+            params=params,
+            headers={**(self._request_headers(request) or {}), "accept": "text/event-stream"},
+            timeout=self._httpx_timeout(limit),
+        )
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(http_request, stream=True)
+        except TimeoutError:
+            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, limit) from exc
+        try:
+            if response.status_code >= 300:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await response.aread()
+                except (TimeoutError, httpx.HTTPError):
+                    pass  # the status alone is enough to classify the failure
+                raise self._status_error(response)
+            yield EventStream(self, response, deadline, limit)
+        finally:
+            await response.aclose()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def error(
+        self,
+        kind: str,
+        message: str,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        details: Mapping[str, str] | None = None,
+    ) -> ProviderError:
+        """A ProviderError of this provider, scrubbed of the key."""
+        return ProviderError(
+            provider=self._name,
+            kind=kind,
+            message=self._scrub(message),
+            status_code=status_code,
+            retry_after_s=retry_after_s,
+            details={k: self._scrub(v) for k, v in (details or {}).items()},
+        )
+
+    def http_error(
+        self,
+        response: httpx.Response,
+        kind: str,
+        upstream_message: str,
+        details: Mapping[str, str] | None = None,
+    ) -> ProviderError:
+        """The error for a non-2xx answer, with the Retry-After and the upstream request id."""
+        all_details = dict(details or {})
+        upstream_id = response.headers.get(self._request_id_header)
+        if upstream_id:
+            all_details["upstream_request_id"] = upstream_id
+        if kind == ProviderErrorKind.AUTH:
+            # Upstream auth messages quote (part of) the key: never pass them on.
+            message = "authentication failed"
+        else:
+            message = upstream_message[:MESSAGE_LIMIT] or f"HTTP {response.status_code}"
+        return self.error(
+            kind,
+            message,
+            status_code=response.status_code,
+            retry_after_s=retry_after_s(response.headers),
+            details=all_details,
+        )
+
+    def json_object(self, data: bytes) -> dict[str, Any]:
+        """Parse a JSON object from the provider; malformed -> PROTOCOL."""
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise self.error(ProviderErrorKind.PROTOCOL, "malformed JSON from provider") from None
+        if not isinstance(value, dict):
+            raise self.error(ProviderErrorKind.PROTOCOL, "JSON from provider is not an object")
+        return value
+
+    def _scrub(self, text: str) -> str:
+        key = self._secret.reveal()
+        if len(key) >= _MIN_REDACTED_KEY and key in text:
+            text = text.replace(key, "[redacted]")
+        return text
+
+    def _transport_error(self, exc: httpx.HTTPError, limit: float) -> ProviderError:
+        # httpx messages name the host and the failure, never headers: safe to quote.
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            return self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s ({detail})")
+        if isinstance(exc, httpx.LocalProtocolError):
+            # The request itself cannot be sent (e.g. a bad header value): not the server's fault.
+            return self.error(ProviderErrorKind.BAD_REQUEST, f"request not sendable ({detail})")
+        if isinstance(exc, httpx.TransportError):
+            return self.error(ProviderErrorKind.SERVER_ERROR, f"connection failed ({detail})")
+        return self.error(ProviderErrorKind.PROTOCOL, f"bad response ({detail})")
+
+    # -- small parts -----------------------------------------------------------------------
+
+    def _attempt_timeout(self, request: ProviderRequest) -> float:
+        return min(request.timeout_s, self._timeout_s) if request.timeout_s > 0 else self._timeout_s
+
+    def _httpx_timeout(self, limit: float) -> httpx.Timeout:
+        return httpx.Timeout(limit, connect=min(self._connect_timeout_s, limit))
+
+    @staticmethod
+    def _request_headers(request: ProviderRequest) -> dict[str, str] | None:
+        return {"x-request-id": request.request_id} if request.request_id else None
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

