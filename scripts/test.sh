@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 step() { echo; echo "==> $*"; }
 
+step "system packages"
+bash scripts/system_deps.sh
+
 step "ruff"
 $BIN/ruff check .
 $BIN/ruff format --check .

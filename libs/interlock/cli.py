@@ -12,11 +12,11 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -386,20 +386,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 # routes
 
+R = TypeVar("R")
 
-def cmd_routes(args: argparse.Namespace) -> int:
-    from interlock.router.v1 import router_pb2, router_pb2_grpc
+
+def _router_call(args: argparse.Namespace, call: Callable[[Any, tuple[tuple[str, str]]], R]) -> R | int:
+    """Call the router with the caller's API key; an exit code when that fails."""
+    from interlock.router.v1 import router_pb2_grpc
 
     key = args.api_key or os.environ.get("INTERLOCK_API_KEY", "")
     if not key:
         return _fail("an API key is needed: pass --api-key or set INTERLOCK_API_KEY", 2)
     with grpc.insecure_channel(_target(args, "router")) as channel:
         try:
-            r = router_pb2_grpc.RouterServiceStub(channel).GetRoutes(
-                router_pb2.GetRoutesRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
-            )
+            return call(router_pb2_grpc.RouterServiceStub(channel), (("authorization", f"Bearer {key}"),))
         except grpc.RpcError as exc:
             return _fail(str(from_rpc_error(exc)))
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from interlock.router.v1 import router_pb2
+
+    r = _router_call(args, lambda stub, md: stub.GetRoutes(router_pb2.GetRoutesRequest(), metadata=md, timeout=10))
+    if isinstance(r, int):
+        return r
     switches = [
         {
             "at": s.at.ToDatetime().isoformat() + "Z",
@@ -428,18 +437,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from interlock.router.v1 import router_pb2, router_pb2_grpc
+    from interlock.router.v1 import router_pb2
 
-    key = args.api_key or os.environ.get("INTERLOCK_API_KEY", "")
-    if not key:
-        return _fail("an API key is needed: pass --api-key or set INTERLOCK_API_KEY", 2)
-    with grpc.insecure_channel(_target(args, "router")) as channel:
-        try:
-            response = router_pb2_grpc.RouterServiceStub(channel).ListModels(
-                router_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
-            )
-        except grpc.RpcError as exc:
-            return _fail(str(from_rpc_error(exc)))
+    response = _router_call(
+        args, lambda stub, md: stub.ListModels(router_pb2.ListModelsRequest(), metadata=md, timeout=10)
+    )
+    if isinstance(response, int):
+        return response
     rows = [
         {
             "model": m.name,

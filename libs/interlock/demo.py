@@ -44,7 +44,7 @@ AGENTS = (
         "researcher",
         "search",
         "bob",
-        "gpt-4o-mini",
+        "claude-3-5-haiku-latest",
         (
             "Summarise recent work on lithium metal anodes.",
             "List three open problems in electrolyte design.",
@@ -54,7 +54,7 @@ AGENTS = (
         "support-bot",
         "support",
         "carol",
-        "gpt-4.1-mini",
+        "gemini-2.0-flash",
         (
             "A customer cannot reset a password. Draft a reply.",
             "Classify this ticket: 'invoice shows wrong VAT'.",
