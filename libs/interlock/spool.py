@@ -16,6 +16,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +53,27 @@ class SpoolClosedError(RuntimeError):
     """The spool was used after `close()`."""
 
 
+def prepare_wal_database(conn: sqlite3.Connection, schema: Sequence[str], timeout_s: float) -> None:
+    """Switch a database to WAL and create its schema, also while other processes do the same.
+
+    Changing the journal mode of a new file needs an exclusive lock and SQLite may report
+    "database is locked" at once, without waiting in its busy handler, when another
+    connection is initialising the same file; so retry until the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            for statement in schema:
+                conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class UsageSpool:
     """The spool file at `path`; safe to open from several processes at once."""
 
@@ -70,11 +92,9 @@ class UsageSpool:
             # isolation_level=None: every statement commits by itself; writes are single statements.
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
             # FULL: in WAL mode NORMAL may lose the last commits on power loss; append promises durability.
             conn.execute("PRAGMA synchronous = FULL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            prepare_wal_database(conn, _SCHEMA, _BUSY_TIMEOUT_MS / 1000)
             self._local.conn = conn
         return conn
 

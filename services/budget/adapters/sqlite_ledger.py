@@ -23,6 +23,7 @@ from interlock.services.budget.adapters.ledger import (
     Row,
     Tx,
 )
+from interlock.spool import prepare_wal_database
 
 T = TypeVar("T")
 __all__ = ["AlertEntry", "OutboxEntry", "SqliteLedger"]
@@ -47,7 +48,7 @@ class SqliteLedger(BudgetLedger):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        prepare_wal_database(self._db, (), timeout_s=30)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(
             SCHEMA.format(int="INTEGER", ts="REAL", blob="BLOB", serial="INTEGER PRIMARY KEY AUTOINCREMENT")
