@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-budget bench-ratelimit bench-ingest bench-fallback clean
+.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,8 +37,21 @@ buf-lint:
 buf-breaking:
 	bash scripts/buf.sh breaking
 
+# Interlock vs direct calls vs LiteLLM's proxy at fixed rates; writes docs/BENCHMARKS.md's
+# section and plot. `make bench BENCH_ARGS=--quick` is a smoke run that leaves docs/ alone.
 bench: install
+	bash bench/deps.sh
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+
+# The first benchmark: mesh vs the built-in fake provider, in-process load at one rate.
+bench-overhead: install
 	$(BIN)/python -m benchmarks.router_overhead
+
+# Steady load on the mesh, router RSS over time (the issue asks for 30 minutes).
+MINUTES ?= 30
+soak: install
+	bash bench/deps.sh
+	$(BIN)/python -m bench.soak --minutes $(MINUTES) $(SOAK_ARGS)
 
 bench-budget: install
 	$(BIN)/python -m benchmarks.budget_throughput

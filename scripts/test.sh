@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: static checks, then every test against real Kafka, ClickHouse and Redis,
-# which tests/conftest.py starts (or takes from INTERLOCK_TEST_* addresses).
+# `make test`: static checks, then every test against real Kafka, ClickHouse, Redis and
+# Jaeger, which tests/conftest.py starts (or takes from INTERLOCK_TEST_* addresses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -17,7 +17,8 @@ bash scripts/typecheck.sh
 step "buf lint + breaking"
 bash scripts/buf.sh lint
 bash scripts/buf.sh breaking
-step "warm Kafka jars (Maven)"
+# Jaeger is built from its Go module on first run (minutes on 2 cores), cached after.
+step "warm Kafka jars (Maven) and the Jaeger binary (go build)"
 $BIN/python -m interlock.devservers fetch
 step "pytest"
 set +e

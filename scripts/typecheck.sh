@@ -12,4 +12,4 @@ for entry in libs/interlock/*; do
 done
 ln -s "$PWD/services" "$SRC/interlock/services"
 MYPYPATH="$SRC" .venv/bin/mypy -p interlock
-.venv/bin/mypy tests scripts benchmarks
+.venv/bin/mypy tests scripts benchmarks bench

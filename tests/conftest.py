@@ -14,6 +14,11 @@ addresses of a real Kafka, ClickHouse, Redis and PostgreSQL. Each comes, in orde
 
 `postgres_database` is a fresh, empty database on that server for one test.
 
+`jaeger` is a session-scoped, started `JaegerServer` (Jaeger v2, memory storage) on
+free ports: `jaeger.otlp_endpoint` takes OTLP/gRPC, `jaeger.query_url` serves the
+query API. Its binary is built from the Go module into $INTERLOCK_CACHE on first use
+(`python -m interlock.devservers fetch` does that ahead of the tests).
+
 A service that cannot be had skips the test that needs it, except with CI=true,
 where it fails the test: CI must never pass by skipping.
 """
@@ -31,6 +36,7 @@ import pytest
 from interlock.devservers import (
     ClickHouseServer,
     DevServerError,
+    JaegerServer,
     KafkaBroker,
     ManagedProcess,
     PostgresServer,
@@ -106,6 +112,23 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return PostgresServer(path)
 
     yield from _serve("postgres", "INTERLOCK_TEST_POSTGRES_URL", tmp_path_factory, make, lambda s: s.url)
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerServer]:
+    """A started Jaeger v2 all-in-one (memory storage, loopback, free ports) for the session."""
+    server = JaegerServer(tmp_path_factory.mktemp("jaeger"))
+    failure = ""
+    try:
+        server.start()
+    except (DevServerError, OSError) as exc:
+        failure = str(exc)
+    if failure:
+        _unavailable("jaeger", failure)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+import uvloop
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
@@ -33,8 +34,20 @@ log = logging.getLogger("interlock.server")
 # rather than be cut by gRPC's 4 MB default with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
+T = TypeVar("T")
+
 UnaryImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[pb_message.Message]]
 StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb_message.Message]]
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a service process's main coroutine to its end on uvloop.
+
+    uvloop's libuv loop schedules callbacks and socket I/O (the HTTP facade, provider
+    connections) with a fraction of the standard loop's per-event overhead; grpc.aio runs on
+    any asyncio loop, so nothing else changes.
+    """
+    return uvloop.run(main)
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: InterlockError) -> None:

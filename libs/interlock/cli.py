@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -24,6 +24,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from interlock.errors import InterlockError, from_rpc_error
 from interlock.mesh import SERVICES, Mesh, MeshConfig, MeshError, health_status
 from interlock.pricing import NANOS_PER_USD, nanos_to_usd
+
+if TYPE_CHECKING:
+    from interlock.devservers import JaegerServer
 
 DEFAULT_TARGETS = {
     "router": "127.0.0.1:50051",
@@ -515,7 +518,33 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 # up
 
 
+JAEGER_UI_URL_ENV = "INTERLOCK_JAEGER_UI_URL"
+
+
+def _start_jaeger(data_dir: Path) -> JaegerServer:
+    """A JaegerServer whose UI is where INTERLOCK_JAEGER_UI_URL says; built into the cache if missing."""
+    from urllib.parse import urlsplit
+
+    from interlock._settings import load_settings
+    from interlock.devservers import JaegerServer, free_port
+    from interlock.traces_cli import TracesSettings
+
+    ui_port = urlsplit(load_settings(TracesSettings, "INTERLOCK_").jaeger_ui_url).port or 16686
+    print(f"starting jaeger (UI on 127.0.0.1:{ui_port})", file=sys.stderr, flush=True)
+    return JaegerServer(data_dir / "jaeger", otlp_port=free_port(), query_port=ui_port).start()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    jaeger: JaegerServer | None = None
+    if args.jaeger:
+        from interlock.devservers import DevServerError
+
+        try:
+            jaeger = _start_jaeger(Path(args.data_dir))
+        except DevServerError as exc:
+            return _fail(str(exc))
+        # `interlock traces ...` run from this process's children (and the demo) find the UI here.
+        os.environ[JAEGER_UI_URL_ENV] = jaeger.query_url
     cfg = MeshConfig(
         data_dir=Path(args.data_dir),
         kafka_bootstrap=args.kafka or "",
@@ -524,6 +553,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         routing_path=args.routing or "",
         limits_path=args.limits or "",
         router_port=args.port,
+        jaeger_otlp_endpoint=jaeger.otlp_endpoint if jaeger is not None else "",
     )
     mesh = Mesh(cfg, progress=True)
     stopping = False
@@ -535,6 +565,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         mesh.start()
     except MeshError as exc:
+        if jaeger is not None:
+            jaeger.stop()
         return _fail(str(exc))
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -545,6 +577,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"interlock: OpenAI/Anthropic-compatible HTTP on http://{cfg.host}:{cfg.router_http_port}/v1",
             file=sys.stderr,
         )
+        if jaeger is not None:
+            print(f"interlock: Jaeger UI on {jaeger.query_url}", file=sys.stderr)
         if not cfg.routing_path:
             from interlock.services.router.domain.defaults import default_routing_document
 
@@ -561,6 +595,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             for name, proc in mesh.processes.items():
                 if proc.poll() is not None:
                     return _fail(f"{name} exited with {proc.returncode}; see {mesh.log_dir / (name + '.log')}")
+            if jaeger is not None and not jaeger.running:
+                return _fail(f"jaeger exited; see {jaeger.log_path}")
             time.sleep(0.5)
         return 0
     except KeyboardInterrupt:
@@ -570,6 +606,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("interlock: stopping", file=sys.stderr)
         mesh.stop()
+        # After trace-ingest, which forwards its last spans to Jaeger as it stops.
+        if jaeger is not None:
+            jaeger.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -586,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka", metavar="HOST:PORT", help="use this Kafka instead of the local spool")
     up.add_argument("--clickhouse", metavar="URL", help="use this ClickHouse HTTP URL instead of embedded chdb")
     up.add_argument("--redis", metavar="URL", help="keep rate-limit counters in this Redis")
+    up.add_argument(
+        "--jaeger",
+        action="store_true",
+        help=f"also run Jaeger (built from its Go module on first use) with its UI at ${JAEGER_UI_URL_ENV}",
+    )
     up.add_argument("--routing", metavar="FILE", help="routing YAML (default: models on the fake provider)")
     up.add_argument("--limits", metavar="FILE", help="rate-limit YAML")
     up.add_argument("--data-dir", default=os.environ.get("INTERLOCK_DATA_DIR", "var"), help="state directory")
@@ -627,6 +671,11 @@ def build_parser() -> argparse.ArgumentParser:
     from interlock import costs_cli
 
     costs_cli.register(sub, targets, _target)
+
+    # traces list/show/open, replay
+    from interlock import traces_cli
+
+    traces_cli.register(sub, targets, _target)
 
     routes = sub.add_parser("routes", help="the router's live routing config version and recent switches")
     routes.add_argument("--api-key", help="default: $INTERLOCK_API_KEY")

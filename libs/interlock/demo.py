@@ -1,26 +1,26 @@
 """The `interlock up` demo: a few agents of two projects call through the router at once.
 
-All calls of the demo belong to one agent run and one trace, so the printed trace id
-shows the whole run; costs are read back from ClickHouse through trace-ingest.
+All calls of the demo belong to one agent run (`interlock.Run`: run > agent > step > call)
+and one trace, so the printed trace id shows the whole run and `interlock traces show RUN`
+prints it; costs are read back from ClickHouse through trace-ingest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 import grpc
-from opentelemetry import context, trace
 
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.client import AsyncClient, ChatResult
 from interlock.errors import from_rpc_error
 from interlock.mesh import MeshConfig
+from interlock.runs import Run, client_tracer_provider
 
 
 @dataclass(frozen=True)
@@ -78,23 +78,23 @@ def _create_key(target: str, project: str, developer: str) -> str:
             raise from_rpc_error(exc) from None
 
 
-async def _run_agents(cfg: MeshConfig, keys: dict[str, str], run_id: str) -> list[ChatResult]:
+async def _run_agents(cfg: MeshConfig, keys: dict[str, str], run: Run) -> list[ChatResult]:
     async def agent_loop(agent: Agent) -> list[ChatResult]:
         out = []
         async with AsyncClient(cfg.target("router"), api_key=keys[agent.developer]) as client:
-            for prompt in agent.prompts:
-                out.append(
-                    await client.chat(
-                        model=agent.model,
-                        messages=[
-                            {"role": "system", "content": f"You are {agent.name}."},
-                            {"role": "user", "content": prompt},
-                        ],
-                        max_tokens=64,
-                        run_id=run_id,
-                        agent=agent.name,
-                    )
-                )
+            with run.agent(agent.name):
+                for i, prompt in enumerate(agent.prompts):
+                    with run.step(f"prompt-{i + 1}"):
+                        out.append(
+                            await client.chat(
+                                model=agent.model,
+                                messages=[
+                                    {"role": "system", "content": f"You are {agent.name}."},
+                                    {"role": "user", "content": prompt},
+                                ],
+                                max_tokens=64,
+                            )
+                        )
         return out
 
     results = await asyncio.gather(*(agent_loop(a) for a in AGENTS))
@@ -110,23 +110,16 @@ def run_demo(cfg: MeshConfig, as_json: bool = False, wait_s: float = 60.0) -> di
 
     keys = {a.developer: _create_key(cfg.target("budget"), a.project, a.developer) for a in AGENTS}
     run_id = f"demo-{uuid.uuid4().hex[:8]}"
-    # One trace for the whole run: the client carries this context to the router.
-    rng = random.Random()
-    run_span = trace.NonRecordingSpan(
-        trace.SpanContext(
-            trace_id=rng.getrandbits(128),
-            span_id=rng.getrandbits(64),
-            is_remote=False,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-        )
-    )
-    trace_id = format(run_span.get_span_context().trace_id, "032x")
     say(f"demo: {len(AGENTS)} agents of 2 projects calling through the router (run {run_id})")
-    token = context.attach(trace.set_span_in_context(run_span))
+    # One trace for the whole run: its spans go to trace-ingest, and the client carries
+    # the run's context to the router.
+    provider = client_tracer_provider(cfg.target("traceingest"), service_name="interlock-demo")
     try:
-        results = asyncio.run(_run_agents(cfg, keys, run_id))
+        with Run(run_id, tracer_provider=provider) as run:
+            results = asyncio.run(_run_agents(cfg, keys, run))
+        trace_id = run.trace_id
     finally:
-        context.detach(token)
+        provider.shutdown()
     say(f"demo: {len(results)} calls answered; waiting for their usage in ClickHouse")
     group_by = ["project", "developer", "model"]
     deadline = time.monotonic() + wait_s
@@ -154,5 +147,6 @@ def run_demo(cfg: MeshConfig, as_json: bool = False, wait_s: float = 60.0) -> di
         print(f"\nCost of demo run {run_id} by project, developer and model (from ClickHouse):")
         print_cost_table(rows, group_by)
         print(f"\nRun trace id: {trace_id}")
+        print(f"The run as a tree: interlock traces show {run_id}")
         print(f"Costs any time: interlock costs --by {','.join(group_by)}")
     return summary

@@ -42,6 +42,8 @@ class MeshConfig:
     """ClickHouse HTTP URL; empty uses chdb inside trace-ingest."""
     redis_url: str = ""
     """Redis for rate-limit counters; empty keeps them in memory."""
+    jaeger_otlp_endpoint: str = ""
+    """Jaeger's OTLP/gRPC receiver (`host:port`) trace-ingest forwards spans to; empty: none."""
     routing_path: str = ""
     """Routing YAML; empty routes the default models to the fake provider."""
     limits_path: str = ""
@@ -80,6 +82,7 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
             "DLQ_SPOOL_PATH": str(data / "spool" / "usage.dlq.db"),
             # QueryCosts with an API key is answered for that key's project; budget checks keys.
             "BUDGET_TARGET": cfg.target("budget"),
+            "JAEGER_OTLP_ENDPOINT": cfg.jaeger_otlp_endpoint,
         }
     elif service == "ratelimit":
         specific = {"PORT": str(cfg.ratelimit_port), "REDIS_URL": cfg.redis_url, "LIMITS_PATH": cfg.limits_path}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import httpx
 
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.devservers import free_port
@@ -28,7 +29,9 @@ def start_mesh(
     redis: str = "",
     routing_path: str = "",
     fake_provider_port: int = 0,
+    jaeger: str = "",
 ) -> Mesh:
+    """The mesh as processes on free ports; `jaeger` is an OTLP/gRPC endpoint trace-ingest forwards to."""
     cfg = MeshConfig(
         data_dir=data_dir,
         router_port=free_port(),
@@ -40,6 +43,7 @@ def start_mesh(
         kafka_bootstrap=kafka,
         clickhouse_url=clickhouse,
         redis_url=redis,
+        jaeger_otlp_endpoint=jaeger,
         routing_path=routing_path,
         trace_export_delay_ms=200,
     )
@@ -77,6 +81,20 @@ def router_stub(mesh: Mesh) -> tuple[grpc.Channel, router_pb2_grpc.RouterService
 
 def auth(key: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {key}"),)
+
+
+def jaeger_spans(query_url: str, trace_id: str) -> list[tuple[str, str, str]]:
+    """(service, span name, span id) of each span Jaeger's query API holds for `trace_id`; [] when none."""
+    response = httpx.get(f"{query_url}/api/traces/{trace_id}", timeout=5.0)
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    spans: list[tuple[str, str, str]] = []
+    for found in response.json().get("data") or []:
+        services = {pid: process.get("serviceName", "") for pid, process in (found.get("processes") or {}).items()}
+        for span in found.get("spans") or []:
+            spans.append((services.get(span.get("processID"), ""), str(span["operationName"]), str(span["spanID"])))
+    return spans
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = 90.0, every_s: float = 0.25) -> T:

@@ -29,6 +29,11 @@ class BudgetSettings:
     """Local durable spool of alert events, used when no Kafka is configured."""
     reservation_ttl_s: float = 120.0
     """Default life of a reservation whose caller never commits or releases it."""
+    lease_ttl_s: float = 30.0
+    """Default life of a router's budget lease that is not renewed (its holder died)."""
+    lease_max_share: float = 0.25
+    """Largest share of a budget's remaining room one lease change may take; leases shrink as
+    a budget runs low, so little money sits unused in leases near its end."""
     expire_interval_s: float = 1.0
     """How often reservations past their life are freed."""
     otlp_endpoint: str = ""

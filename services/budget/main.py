@@ -42,7 +42,13 @@ async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = No
         if publisher is not None:
             publisher.notify()
 
-    servicer = BudgetServicer(ledger, settings.reservation_ttl_s, on_commit=on_commit)
+    servicer = BudgetServicer(
+        ledger,
+        settings.reservation_ttl_s,
+        on_commit=on_commit,
+        lease_ttl_s=settings.lease_ttl_s,
+        lease_max_share=settings.lease_max_share,
+    )
     publisher = OutboxPublisher(ledger, sink, servicer.run_in_ledger_thread, alert_sink=alert_sink)
     expiry: asyncio.Task[None] | None = None
 

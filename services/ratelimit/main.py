@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import yaml
 
 from interlock._filewatch import FileWatcher
-from interlock._server import GrpcService
+from interlock._server import GrpcService, run_event_loop
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.ratelimit.v1 import ratelimit_pb2
 from interlock.services.ratelimit import config
@@ -71,7 +71,7 @@ def main() -> None:
     setup_logging("ratelimit", settings.log_level)
     provider = setup_tracing("ratelimit", settings.otlp_endpoint or None)
     try:
-        asyncio.run(serve(settings))
+        run_event_loop(serve(settings))
     finally:
         provider.shutdown()
 

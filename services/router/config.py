@@ -37,6 +37,15 @@ class RouterSettings:
     rules' failure modes apply."""
     budget_target: str = "127.0.0.1:50053"
     """Budget service gRPC address. Budgets always fail closed."""
+    budget_lease_usd: float = 0.0
+    """Budget leases: what the router asks of a lease beyond the call that needs it, in USD.
+    0 turns leases off (every call makes an exact reservation on the budget service). With
+    leases most calls reserve in memory and skip a round trip; budgets stay hard because a
+    lease's hold counts as reserved spend on the budget service."""
+    budget_lease_ttl_s: float = 30.0
+    """Life of a lease not renewed (the router died); the router renews leases in use."""
+    budget_lease_idle_s: float = 2.0
+    """An unused lease with no call in flight is given back after this long."""
     auth_cache_ttl_s: float = 30.0
     """How long a valid API key is trusted without asking the budget service again."""
     otlp_endpoint: str = ""
@@ -45,6 +54,13 @@ class RouterSettings:
     """Log level of the JSON logs on stderr."""
     grace_s: float = 30.0
     """Time in-flight calls (streams too) get to finish after SIGTERM."""
+    redact_patterns: str = ""
+    """Recorded bodies of agent runs: a JSON array of regular expressions whose matches are
+    replaced by `[REDACTED]` before the body leaves the router, e.g. `["[\\w.+-]+@[\\w-]+(?:\\.[\\w-]+)+"]`.
+    Provider keys, Interlock keys and bearer credentials are always redacted."""
+    redact_fields: str = ""
+    """Recorded bodies: comma-separated JSON field names (case-insensitive) whose values are
+    replaced wherever they appear (tool arguments, tool results and contents that are JSON)."""
 
 
 def load() -> RouterSettings:

@@ -9,25 +9,43 @@ import random
 import time
 
 from interlock._http import EmbeddedHttpServer
-from interlock._server import GrpcService
+from interlock._server import GrpcService, run_event_loop
 from interlock._telemetry import setup_logging, setup_tracing
+from interlock.pricing import NANOS_PER_USD
 from interlock.router.v1 import router_pb2
 from interlock.services.router import config
+from interlock.services.router.adapters.budget_leases import LeasePolicy
 from interlock.services.router.adapters.live_routing import LiveRouting, RoutingSources
 from interlock.services.router.adapters.mesh_clients import BudgetClient, RateLimitClient
 from interlock.services.router.api.http_facade import HttpFacade
 from interlock.services.router.api.servicer import RouterServicer
 from interlock.services.router.domain.chain import ChainExecutor
 from interlock.services.router.domain.flow import ChatFlow
+from interlock.services.router.domain.redaction import RedactionRules
 
 log = logging.getLogger("interlock.router")
 
 
 async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = None) -> None:
     live = LiveRouting(RoutingSources(settings.routing_path, settings.price_overrides_path, settings.fake_provider_url))
-    ratelimit = RateLimitClient(settings.ratelimit_target, settings.ratelimit_fail_open, settings.ratelimit_timeout_s)
-    budget = BudgetClient(settings.budget_target, settings.auth_cache_ttl_s)
-    flow = ChatFlow(ratelimit, budget, ChainExecutor(clock=time.monotonic, rng=random.Random(), sleep=asyncio.sleep))
+    ratelimit = RateLimitClient(
+        settings.ratelimit_target,
+        settings.ratelimit_fail_open,
+        settings.ratelimit_timeout_s,
+        correct_in_background=True,
+    )
+    leases = LeasePolicy(
+        slice_nanos=round(settings.budget_lease_usd * NANOS_PER_USD),
+        ttl_s=settings.budget_lease_ttl_s,
+        idle_s=settings.budget_lease_idle_s,
+    )
+    budget = BudgetClient(settings.budget_target, settings.auth_cache_ttl_s, leases)
+    flow = ChatFlow(
+        ratelimit,
+        budget,
+        ChainExecutor(clock=time.monotonic, rng=random.Random(), sleep=asyncio.sleep),
+        RedactionRules.from_settings(settings.redact_patterns, settings.redact_fields),
+    )
     servicer = RouterServicer(live, flow, budget)
     facade = (
         EmbeddedHttpServer(
@@ -83,7 +101,7 @@ def main() -> None:
     setup_logging("router", settings.log_level)
     provider = setup_tracing("router", settings.otlp_endpoint or None)
     try:
-        asyncio.run(serve(settings))
+        run_event_loop(serve(settings))
     finally:
         provider.shutdown()
 

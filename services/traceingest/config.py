@@ -49,8 +49,11 @@ class TraceIngestSettings:
     """Kafka consumer group, and the spool's consumer group name."""
     spool_path: str = "var/spool/usage.db"
     """The local usage spool (SQLite file) budget appends to; used when `kafka_bootstrap` is empty."""
-    usage_batch_size: int = 500
-    """Most usage events stored with one INSERT."""
+    usage_batch_size: int = 5000
+    """Most usage events stored with one INSERT (a poll takes what is there, up to this many)."""
+    kafka_receive_spans: bool = True
+    """Keep the aiokafka instrumentation's receive span per usage record; off saves about 40% of
+    trace-ingest's CPU per event, and every record keeps its processing span (docs/BENCHMARKS.md)."""
     spool_poll_interval_s: float = 0.1
     """How often an idle spool is polled for new events."""
     span_batch_size: int = 1000
@@ -67,6 +70,16 @@ class TraceIngestSettings:
     """Most rows one QueryCosts or GetTrace answer returns."""
     otlp_endpoint: str = ""
     """Where trace-ingest exports its own spans (OTLP/gRPC, e.g. its own address); empty: not exported."""
+    jaeger_otlp_endpoint: str = ""
+    """Jaeger's OTLP/gRPC receiver (`host:port`) that every stored span is forwarded to; empty: none."""
+    jaeger_queue_limit: int = 20_000
+    """Spans held for Jaeger while it is slow or down; beyond it spans are dropped for Jaeger only (logged)."""
+    jaeger_batch_size: int = 1000
+    """Most spans forwarded to Jaeger in one Export call."""
+    jaeger_flush_interval_s: float = 0.2
+    """Longest a span waits before it is forwarded to Jaeger."""
+    jaeger_timeout_s: float = 5.0
+    """Deadline of one Export call to Jaeger; a failed call is retried with backoff."""
     log_level: str = "info"
     """Log level of the JSON logs on stderr."""
     grace_s: float = 10.0

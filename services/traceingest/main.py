@@ -13,6 +13,7 @@ from interlock._telemetry import setup_logging, setup_tracing
 from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, EmbeddedClickHouse, HttpClickHouse
 from interlock.services.traceingest.adapters.dead_letters import DeadLetterSink, KafkaDeadLetters, SpoolDeadLetters
+from interlock.services.traceingest.adapters.jaeger_forwarder import JaegerForwarder
 from interlock.services.traceingest.adapters.kafka_consumer import KafkaUsageConsumer
 from interlock.services.traceingest.adapters.kafka_topics import TopicSpec, ensure_topics
 from interlock.services.traceingest.adapters.retry import Backoff
@@ -49,6 +50,18 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
         buffer_limit=settings.span_buffer_limit,
         backoff=backoff,
     )
+    jaeger = (
+        JaegerForwarder(
+            settings.jaeger_otlp_endpoint,
+            batch_size=settings.jaeger_batch_size,
+            flush_interval_s=settings.jaeger_flush_interval_s,
+            queue_limit=settings.jaeger_queue_limit,
+            timeout_s=settings.jaeger_timeout_s,
+            backoff=backoff,
+        )
+        if settings.jaeger_otlp_endpoint
+        else None
+    )
     dead_letters: DeadLetterSink
     if settings.kafka_bootstrap:
         dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, settings.dlq_topic)
@@ -78,6 +91,7 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
             max_records=settings.usage_batch_size,
             backoff=backoff,
             prepare=create_topics if settings.create_topics else None,
+            receive_spans=settings.kafka_receive_spans,
         )
     else:
         consumer = SpoolUsageConsumer(
@@ -91,7 +105,11 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
         )
     auth = BudgetAuthenticator(settings.budget_target) if settings.budget_target else None
     servicer = TraceIngestServicer(store, auth, require_api_key=settings.require_api_key)
+    on_start = [store.start, writer.start, dead_letters.start, consumer.start]
     on_stop = [consumer.stop, dead_letters.stop, writer.stop, store.close]
+    if jaeger is not None:
+        on_start.append(jaeger.start)
+        on_stop.append(jaeger.stop)
     if auth is not None:
         on_stop.append(auth.close)
     return GrpcService(
@@ -99,9 +117,9 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
         host=settings.host,
         port=settings.port,
         services=[(SERVICE, servicer)],
-        extra_registrations=[OtlpTraceServicer(writer).register],
+        extra_registrations=[OtlpTraceServicer(writer, jaeger).register],
         # store.start applies pending schema migrations before anything is consumed.
-        on_start=[store.start, writer.start, dead_letters.start, consumer.start],
+        on_start=on_start,
         # The server has stopped taking calls by now: consume no more, write what is held, close.
         on_stop=on_stop,
         grace_s=settings.grace_s,

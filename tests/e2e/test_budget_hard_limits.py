@@ -189,11 +189,16 @@ async def fire(targets: list[str], key: str, count: int, model: str = "metered")
     return [r for r in results if isinstance(r, int)], [r for r in results if isinstance(r, str)]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+LEASES = {"INTERLOCK_ROUTER_BUDGET_LEASE_USD": "0.05"}
+"""Routers hold budget leases of $0.05 beyond the call that needs one (about 16 calls)."""
+
+
+@pytest.fixture(params=["sqlite", "postgres", "postgres+leases"])
 def ledger_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "sqlite":
         return {}
-    return {"INTERLOCK_BUDGET_DATABASE_URL": request.getfixturevalue("postgres_database")}
+    env = {"INTERLOCK_BUDGET_DATABASE_URL": request.getfixturevalue("postgres_database")}
+    return {**env, **LEASES} if request.param.endswith("+leases") else env
 
 
 def test_thousand_concurrent_calls_over_three_routers_never_overspend(
@@ -207,8 +212,11 @@ def test_thousand_concurrent_calls_over_three_routers_never_overspend(
         costs, errors = asyncio.run(fire([mesh.cfg.target("router"), *replicas.targets], key, 1000))
         assert set(errors) <= {"RESOURCE_EXHAUSTED"}, errors[:5]
         assert set(costs) == {CALL_NANOS}
-        spend = get_spend(mesh, "capped")
-        assert spend.reserved_nanos == 0
+        # Leases go back once idle; without leases nothing is held once the calls returned.
+        spend = wait_for(
+            lambda: (lambda s: s if s.reserved_nanos == 0 else None)(get_spend(mesh, "capped")),
+            "every reservation and lease to be settled or given back",
+        )
         assert spend.committed_nanos == sum(costs)
         assert NANOS_PER_USD - CALL_NANOS < spend.committed_nanos <= NANOS_PER_USD
         assert len(costs) == NANOS_PER_USD // CALL_NANOS and len(errors) == 1000 - len(costs)
@@ -252,9 +260,11 @@ def test_denial_names_budget_limit_spend_and_reset_time(tmp_path: Path) -> None:
         mesh.stop()
 
 
-def test_kill_9_of_the_budget_service_loses_no_committed_spend(tmp_path: Path) -> None:
+@pytest.mark.parametrize("leases", [False, True], ids=["reservations", "leases"])
+def test_kill_9_of_the_budget_service_loses_no_committed_spend(tmp_path: Path, leases: bool) -> None:
     ttl_s = 3
-    mesh = start_metered_mesh(tmp_path, INTERLOCK_BUDGET_RESERVATION_TTL_S=str(ttl_s))
+    lease_env = {**LEASES, "INTERLOCK_ROUTER_BUDGET_LEASE_TTL_S": str(ttl_s)} if leases else {}
+    mesh = start_metered_mesh(tmp_path, INTERLOCK_BUDGET_RESERVATION_TTL_S=str(ttl_s), **lease_env)
     try:
         key = create_key(mesh, "crash", "carol")
         set_budget(mesh, "crash", "100")
@@ -282,6 +292,7 @@ def test_kill_9_of_the_budget_service_loses_no_committed_spend(tmp_path: Path) -
             # No reservation outlives its TTL: the restarted service frees what the dead one held.
             time.sleep(ttl_s + 2)
             assert ledger.held_reservations(time.time())[1] == 0
+            assert ledger.held_leases(time.time())[1] == 0
         finally:
             ledger.close()
         spend = get_spend(mesh, "crash")

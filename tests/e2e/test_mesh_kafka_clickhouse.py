@@ -45,7 +45,7 @@ def ch(clickhouse_url: str) -> Iterator[Any]:
 def usage_rows(ch: Any, request_id: str) -> list[tuple[Any, ...]]:
     result = ch.query(
         "SELECT project, developer, model, input_tokens, output_tokens, cost_nanos, trace_id"
-        " FROM interlock.usage_events FINAL WHERE event_id = {id:String}",
+        " FROM interlock.usage_events FINAL WHERE request_id = {id:String}",
         parameters={"id": request_id},
     )
     return list(result.result_rows)

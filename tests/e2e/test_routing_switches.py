@@ -110,7 +110,7 @@ def test_caller_sees_success_while_a_fallback_is_healthy(
         assert done.text
         rows = wait_for(
             lambda: ch.query(
-                "SELECT provider, cost_nanos FROM interlock.usage_events FINAL WHERE event_id = {i:String}",
+                "SELECT provider, cost_nanos FROM interlock.usage_events FINAL WHERE request_id = {i:String}",
                 parameters={"i": params.request_id},
             ).result_rows
             or None,
@@ -177,7 +177,7 @@ def test_fifty_switches_and_a_router_restart_lose_no_request(
                 r
                 if len(
                     r := ch.query(
-                        "SELECT event_id, config_version FROM interlock.usage_events FINAL WHERE run_id = {r:String}",
+                        "SELECT request_id, config_version FROM interlock.usage_events FINAL WHERE run_id = {r:String}",
                         parameters={"r": run_id},
                     ).result_rows
                 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -377,6 +378,71 @@ async def test_a_project_key_reads_only_its_own_projects_costs(tmp_path: Path) -
             with pytest.raises(grpc.RpcError) as forged:
                 bad = [("authorization", "Bearer il_0000_not-a-key")]
                 await stub.QueryCosts(pb.QueryCostsRequest(group_by=["project"]), metadata=bad)
+            assert isinstance(from_rpc_error(forged.value), AuthenticationError)
+
+
+def _router_span(trace_id: str, span_id: str, org: str, project: str) -> Any:
+    """An OTLP span as the router exports its server span: the caller's org and project on it."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    # Recent: span attribute maps are cleared 30 days after the span (migration 004).
+    start_ns = time.time_ns() - 60_000_000_000
+    return Span(
+        trace_id=bytes.fromhex(trace_id),
+        span_id=bytes.fromhex(span_id),
+        name="interlock.router.v1.RouterService/Chat",
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=start_ns + 5_000_000,
+        attributes=[
+            KeyValue(key="interlock.org", value=AnyValue(string_value=org)),
+            KeyValue(key="interlock.project", value=AnyValue(string_value=project)),
+        ],
+    )
+
+
+async def test_a_project_key_reads_only_its_own_projects_traces(tmp_path: Path) -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+
+    alpha_trace, beta_trace = "a1" * 16, "b2" * 16
+    async with running_budget(tmp_path) as budget_target:
+        async with grpc.aio.insecure_channel(budget_target) as channel:
+            budget = budget_pb2_grpc.BudgetServiceStub(channel)
+            key_a = (
+                await budget.CreateApiKey(budget_pb2.CreateApiKeyRequest(org="acme", project="alpha", developer="ann"))
+            ).api_key
+        settings = _ingest_settings(tmp_path, budget_target=budget_target, chdb_path=str(tmp_path / "chdb"))
+        async with running_trace_ingest(settings) as (stub, address):
+            spans = [
+                _router_span(alpha_trace, "01" * 8, "acme", "alpha"),
+                _router_span(beta_trace, "02" * 8, "acme", "beta"),
+            ]
+            async with grpc.aio.insecure_channel(address) as otlp_channel:
+                otlp = trace_service_pb2_grpc.TraceServiceStub(otlp_channel)  # type: ignore[no-untyped-call]
+                await otlp.Export(
+                    trace_service_pb2.ExportTraceServiceRequest(
+                        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+                    )
+                )
+
+            async def both_stored() -> bool:
+                found = [await stub.GetTrace(pb.GetTraceRequest(trace_id=t)) for t in (alpha_trace, beta_trace)]
+                return all(len(r.spans) == 1 for r in found)
+
+            await eventually(both_stored, what="spans stored")  # keyless: an operator reads every trace
+
+            as_a = [("authorization", f"Bearer {key_a}")]
+            mine = await stub.GetTrace(pb.GetTraceRequest(trace_id=alpha_trace), metadata=as_a)
+            assert [s.span_id for s in mine.spans] == ["01" * 8]
+            # Another project's trace answers exactly as a trace that does not exist.
+            theirs = await stub.GetTrace(pb.GetTraceRequest(trace_id=beta_trace), metadata=as_a)
+            missing = await stub.GetTrace(pb.GetTraceRequest(trace_id="c3" * 16), metadata=as_a)
+            assert list(theirs.spans) == [] and theirs == missing
+            with pytest.raises(grpc.RpcError) as forged:
+                bad = [("authorization", "Bearer il_0000_not-a-key")]
+                await stub.GetTrace(pb.GetTraceRequest(trace_id=beta_trace), metadata=bad)
             assert isinstance(from_rpc_error(forged.value), AuthenticationError)
 
 

@@ -14,6 +14,7 @@ from interlock.services.budget.adapters.ledger import BudgetLedger
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.domain.model import (
     BudgetPolicy,
+    LeaseChange,
     Principal,
     Scope,
     ScopeKind,
@@ -231,3 +232,109 @@ def test_held_reservations_report_what_is_past_expiry(ledger: BudgetLedger) -> N
     assert ledger.held_reservations(now=10) == (2, 1)
     ledger.expire(now=10)
     assert ledger.held_reservations(now=10) == (1, 0)
+
+
+def grow(n: int) -> LeaseChange:
+    return LeaseChange(grow_nanos=n)
+
+
+def test_a_lease_holds_budget_and_commits_under_it_settle_from_its_hold(ledger: BudgetLedger) -> None:
+    ledger.set_budget(PROJECT, BudgetPolicy(1_000))
+    state = ledger.lease("L1", ALICE, 1, grow(100), 30, now=0, max_share=0.5)
+    assert (state.granted_nanos, state.added_nanos, state.expires_at) == (100, 100, 30)
+    assert ledger.get_spend(PROJECT).reserved_nanos == 100
+    # A call under the lease needs no reservation of its own; its cost leaves the hold.
+    assert ledger.commit(usage("c1", 30), [], lease_id="L1")
+    assert not ledger.commit(usage("c1", 30), [], lease_id="L1")  # a replay settles nothing
+    spend = ledger.get_spend(PROJECT)
+    assert (spend.committed_nanos, spend.reserved_nanos) == (30, 70)
+    assert ledger.ledger_total() == (1, 30) and len(ledger.pending_events(10)) == 1
+    # Giving back part, then closing, frees the rest; the ledger keeps what was spent.
+    assert ledger.lease("L1", ALICE, 2, LeaseChange(return_nanos=50), 30, now=1, max_share=0.5).granted_nanos == 50
+    assert ledger.get_spend(PROJECT).reserved_nanos == 20
+    closed = ledger.lease("L1", ALICE, 3, LeaseChange(close=True), 30, now=2, max_share=0.5)
+    assert (closed.granted_nanos, closed.consumed_nanos) == (30, 30)
+    assert ledger.get_spend(PROJECT).reserved_nanos == 0
+    with pytest.raises(FailedPreconditionError):
+        ledger.lease("L1", ALICE, 4, grow(10), 30, now=3, max_share=0.5)
+
+
+def test_leases_never_exceed_what_remains_and_shrink_as_the_budget_runs_low(ledger: BudgetLedger) -> None:
+    ledger.set_budget(PROJECT, BudgetPolicy(1_000))
+    assert ledger.reserve("r1", BOB, 200, 60, now=0).granted
+    added = [ledger.lease(f"L{i}", ALICE, 1, grow(10_000), 30, now=0, max_share=0.25).added_nanos for i in range(6)]
+    # Each lease takes a quarter of the room left at its turn: 800, then 600, ...
+    assert added == [200, 150, 112, 84, 63, 47]
+    spend = ledger.get_spend(PROJECT)
+    assert spend.reserved_nanos == 200 + sum(added) <= 1_000
+    assert ledger.lease("L9", ALICE, 1, grow(10), 30, now=0, max_share=0.25).limiting_scope == ""
+    room = ledger.get_spend(PROJECT).remaining_nanos
+    assert room is not None
+    assert not ledger.reserve("r2", BOB, room + 1, 60, now=0).granted
+    assert ledger.reserve("r3", BOB, room, 60, now=0).granted
+
+
+def test_lease_changes_are_idempotent_by_sequence_and_bound_to_one_principal(ledger: BudgetLedger) -> None:
+    ledger.set_budget(PROJECT, BudgetPolicy(1_000))
+    first = ledger.lease("L1", ALICE, 1, grow(100), 30, now=0, max_share=1.0)
+    replay = ledger.lease("L1", ALICE, 1, grow(100), 30, now=0, max_share=1.0)
+    assert (first.granted_nanos, replay.granted_nanos, replay.added_nanos) == (100, 100, 0)
+    assert ledger.get_spend(PROJECT).reserved_nanos == 100
+    with pytest.raises(FailedPreconditionError):
+        ledger.lease("L1", BOB, 2, grow(100), 30, now=0, max_share=1.0)
+    with pytest.raises(NotFoundError):
+        ledger.commit(usage("c1", 1), [], lease_id="unknown")
+
+
+def test_an_expired_lease_frees_its_unused_hold_but_late_commits_still_count(ledger: BudgetLedger) -> None:
+    ledger.set_budget(PROJECT, BudgetPolicy(1_000))
+    ledger.lease("L1", ALICE, 1, grow(400), ttl_s=5, now=0, max_share=1.0)
+    assert ledger.commit(usage("c1", 100, at=1), [], lease_id="L1")
+    assert ledger.expire(now=4) == 0
+    assert ledger.held_leases(now=5) == (1, 1, 300)
+    assert ledger.expire(now=5) == 1
+    assert ledger.held_leases(now=5) == (0, 0, 0)
+    spend = ledger.get_spend(PROJECT)
+    assert (spend.committed_nanos, spend.reserved_nanos) == (100, 0)
+    assert ledger.commit(usage("c2", 50, at=6), [], lease_id="L1")
+    spend = ledger.get_spend(PROJECT)
+    assert (spend.committed_nanos, spend.reserved_nanos) == (150, 0)
+
+
+def test_concurrent_leases_and_reservations_never_exceed_the_limit(open_ledger: Callable[[], BudgetLedger]) -> None:
+    # Router-like holders on two budget replicas: each leases, spends from its lease, falls
+    # back to exact reservations when the lease is short, and gives back what it did not use.
+    replicas = [open_ledger(), open_ledger()]
+    replicas[0].set_budget(PROJECT, BudgetPolicy(10_000))
+    spent: list[int] = []
+    lock = threading.Lock()
+
+    def holder(n: int) -> None:
+        ledger, payer, lease_id, seq = replicas[n % 2], ALICE if n % 2 else BOB, f"L{n}", 0
+        granted = consumed = 0
+        for i in range(60):
+            rid, cost = f"h{n}-{i}", 37
+            if granted - consumed < cost:
+                seq += 1
+                granted = ledger.lease(lease_id, payer, seq, grow(200), 30, now=0, max_share=0.25).granted_nanos
+            if granted - consumed >= cost:
+                assert ledger.commit(usage(rid, cost), [], lease_id=lease_id)
+                consumed += cost
+            elif ledger.reserve(rid, payer, cost, 60, now=0).granted:
+                assert ledger.commit(usage(rid, cost), [])
+            else:
+                continue
+            with lock:
+                spent.append(cost)
+        seq += 1
+        ledger.lease(lease_id, payer, seq, LeaseChange(close=True), 30, now=0, max_share=0.25)
+
+    threads = [threading.Thread(target=holder, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spend = replicas[0].get_spend(PROJECT)
+    assert spend.committed_nanos == sum(spent) <= 10_000
+    assert spend.reserved_nanos == 0
+    assert replicas[0].ledger_total() == (len(spent), sum(spent))

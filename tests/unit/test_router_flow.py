@@ -98,6 +98,7 @@ class Ports:
         self.admit_ok, self.grant = admit, grant
         self.log: list[tuple[str, object]] = []
         self.usage_records: list[TokenUsage] = []
+        self.provider_attempts: list[int] = []
 
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         return Admission(True) if self.admit_ok else Admission(False, "api_key", 1.5)
@@ -109,8 +110,11 @@ class Ports:
         self.log.append(("reserve", amount))
         return Reservation(True) if self.grant else Reservation(False, "project:default/search", 3)
 
-    async def commit(self, call: ChatCall, provider: str, usage: TokenUsage, cost: int) -> None:
+    async def commit(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost: int, provider_attempts: int = 0
+    ) -> None:
         self.log.append(("commit", cost))
+        self.provider_attempts.append(provider_attempts)
 
     async def release(self, request_id: str) -> None:
         self.log.append(("release", request_id))
@@ -175,6 +179,26 @@ async def test_success_reserves_worst_case_and_commits_actual() -> None:
     assert ports.log[0][1] > actual  # type: ignore[operator]
     # The rate-limiter's token estimate is corrected by the billed usage, once.
     assert ports.usage_records == [TokenUsage(3, 2)]
+    assert ports.provider_attempts == [1]
+
+
+class FlakyProvider(Provider):
+    """Fails its first call with a retryable error, then answers."""
+
+    async def chat(self, request: ProviderRequest) -> ProviderResponse:
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+        return await super().chat(request)
+
+
+async def test_commit_carries_the_provider_attempts_of_a_retried_call() -> None:
+    ports = Ports()
+    provider = FlakyProvider(fail=ProviderError("openai", "server_error", "500", 500))
+    result = await flow(ports, provider).chat(CALLER, call(), None)
+    assert result.text == "hi there"
+    assert [k for k, _ in ports.log] == ["reserve", "commit"]  # one commit for the call
+    assert ports.provider_attempts == [2]  # a retry, then the answer
 
 
 async def test_rate_limited_releases_the_reservation() -> None:
@@ -207,6 +231,7 @@ async def test_stream_yields_deltas_then_result_and_commits_once() -> None:
     assert items[:2] == ["hi ", "there"]
     assert isinstance(items[-1], ChatResult) and items[-1].text == "hi there"
     assert [k for k, _ in ports.log] == ["reserve", "commit"]
+    assert ports.provider_attempts == [1]
 
 
 async def test_stream_cut_by_provider_commits_what_was_produced() -> None:
@@ -217,6 +242,7 @@ async def test_stream_cut_by_provider_commits_what_was_produced() -> None:
         async for _ in flow(ports, Provider(fail=ProviderError("openai", "protocol", "cut"))).stream(CALLER, c, None):
             pass
     assert ports.log[1] == ("commit", c.route.pricing.cost_nanos(input_token_bound(c.messages), 1))
+    assert ports.provider_attempts == [1]
 
 
 async def test_stream_abandoned_by_the_caller_commits_only_what_was_produced() -> None:
@@ -228,6 +254,7 @@ async def test_stream_abandoned_by_the_caller_commits_only_what_was_produced() -
     produced = c.route.pricing.cost_nanos(input_token_bound(c.messages), 1)
     assert ports.log == [("reserve", flow(ports, Provider()).worst_case_nanos(c)), ("commit", produced)]
     assert produced < flow(ports, Provider()).worst_case_nanos(c)
+    assert ports.provider_attempts == [1]  # the attempt in progress, not yet recorded by the chain
 
 
 def test_produced_usage_rounds_up_and_never_exceeds_max_tokens() -> None:

@@ -178,7 +178,8 @@ def test_every_error_is_reported_with_its_exact_path() -> None:
         ("models[2].circuit_breaker.half_open_probes", "must be a positive integer"),
         (
             "models[2].deployments[1].wieght",
-            "unknown key; expected one of provider, upstream_model, weight, priority, timeout_s, price, context_window",
+            "unknown key; expected one of provider, upstream_model, weight, priority, timeout_s, price,"
+            " context_window, max_output_tokens",
         ),
         ("models[2].deployments[1].weight", "must be a positive number"),
         (
@@ -263,3 +264,55 @@ def test_cli_config_validate_prints_the_version_or_every_error(
         "version": config_version(good),
         "models": ["gpt-4o"],
     }
+
+
+def test_calls_without_max_tokens_reserve_the_largest_maximum_output_of_the_chain() -> None:
+    from interlock.services.router.domain.chat import validate_chat
+    from interlock.services.router.domain.flow import ChatFlow
+    from interlock.services.router.domain.provider import ChatMessage
+
+    doc = {
+        "providers": PROVIDERS,
+        "models": [
+            {
+                "name": "chain",
+                "deployments": [
+                    {"provider": "openai", "upstream_model": "gpt-4o-mini"},  # built-in: 16,384
+                    {"provider": "backup", "upstream_model": "llama", "price": CUSTOM, "max_output_tokens": 2048},
+                ],
+            },
+            {"name": "local", "provider": "backup", "upstream_model": "llama", "price": CUSTOM},
+        ],
+    }
+    config = parse_routing_config(doc, "v1")
+    chain = config.models["chain"]
+    assert [d.max_output_tokens for d in chain.deployments] == [16_384, 2048]
+    assert chain.max_output_tokens == 16_384
+    assert config.models["local"].max_output_tokens == 4096  # unknown model: the documented default
+
+    def call(max_tokens: int | None) -> Any:
+        return validate_chat(
+            config,
+            model="chain",
+            messages=[ChatMessage("user", "hi")],
+            max_tokens=max_tokens,
+            temperature=None,
+            request_id="r",
+            run_id="",
+            agent="",
+        )
+
+    omitted, explicit = call(None), call(100)
+    assert (omitted.max_tokens, explicit.max_tokens) == (16_384, 100)
+    assert ChatFlow.worst_case_nanos(omitted) > ChatFlow.worst_case_nanos(explicit)
+    # The fallback with a smaller maximum is asked for its maximum, not more than it can give.
+    asked = [ChatFlow._request(omitted, d, 5.0).max_tokens for d in chain.deployments]
+    assert asked == [16_384, 2048]
+    assert errors_of(
+        {
+            "providers": PROVIDERS,
+            "models": [
+                {"name": "x", "provider": "backup", "upstream_model": "m", "price": CUSTOM, "max_output_tokens": 0}
+            ],
+        }
+    ) == [("models[0].max_output_tokens", "must be a positive integer")]

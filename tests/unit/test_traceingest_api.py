@@ -19,7 +19,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from interlock.services.traceingest.adapters.clickhouse import ClickHouseError, QueryParams
+from interlock.services.traceingest.adapters.clickhouse import (
+    ClickHouseError,
+    Column,
+    QueryParams,
+    columns_as_json_rows,
+)
 from interlock.services.traceingest.adapters.dead_letters import DeadLetter
 from interlock.services.traceingest.adapters.retry import Backoff
 from interlock.services.traceingest.adapters.span_writer import SpanWriter
@@ -53,6 +58,11 @@ class FakeClickHouse:
             self.failures -= 1
             raise ClickHouseError("clickhouse is down")
         self.inserts.append((table, [json.loads(line) for line in payload.splitlines()]))
+
+    async def insert_columns(
+        self, table: str, columns: Sequence[Column], data: Sequence[Sequence[Any]], settings: QueryParams | None = None
+    ) -> None:
+        await self.insert_json_rows(table, [name for name, _ in columns], columns_as_json_rows(columns, data), settings)
 
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         return []

@@ -1,9 +1,10 @@
-"""Run one dev server in the foreground, or warm the Kafka jar cache.
+"""Run one dev server in the foreground, or warm the Kafka jar and Jaeger binary cache.
 
     python -m interlock.devservers kafka      [--port 9092] [--data DIR] [--json]
     python -m interlock.devservers clickhouse [--http-port 8123] [--tcp-port N] [--data DIR] [--json]
     python -m interlock.devservers redis      [--port 6379] [--data DIR] [--json]
-    python -m interlock.devservers fetch      [--cache DIR] [--json]
+    python -m interlock.devservers jaeger     [--port 16686] [--otlp-port 4317] [--data DIR] [--json]
+    python -m interlock.devservers fetch      [--cache DIR] [--only kafka|jaeger] [--json]
 
 A server prints its address on stdout once it answers (a JSON object with --json)
 and runs until SIGTERM or SIGINT. Port 0 picks a free port. Progress goes to stderr.
@@ -23,6 +24,7 @@ from typing import Any
 from interlock.devservers._ports import free_port
 from interlock.devservers._process import DevServerError, ManagedProcess, log_tail, progress
 from interlock.devservers.clickhouse import serve_clickhouse
+from interlock.devservers.jaeger import JAEGER_VERSION, JaegerServer, ensure_jaeger_binary
 from interlock.devservers.kafka import KAFKA_VERSION, KafkaBroker, default_cache_dir, ensure_kafka_classpath
 from interlock.devservers.redis import RedisServer
 
@@ -46,10 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     clickhouse = server("clickhouse", 8123, "ClickHouse HTTP server from chdb")
     clickhouse.add_argument("--tcp-port", type=int, default=0, help="also serve the native protocol here")
     server("redis", 6379, "redis-server without persistence")
+    jaeger = server("jaeger", 16686, "Jaeger v2 all-in-one (memory storage); --port is its query API and UI")
+    jaeger.add_argument("--otlp-port", type=int, default=4317, help="OTLP/gRPC receiver port (0: any free)")
+    jaeger.add_argument("--cache", type=Path, default=None, help="binary cache (default $INTERLOCK_CACHE)")
 
-    fetch = sub.add_parser("fetch", help="resolve the Kafka jars into the cache (for CI warm-up)")
-    fetch.add_argument("--cache", type=Path, default=None, help="jar cache (default $INTERLOCK_CACHE)")
+    fetch = sub.add_parser(
+        "fetch", help="resolve the Kafka jars and build Jaeger into the cache (for CI warm-up; long on first run)"
+    )
+    fetch.add_argument("--cache", type=Path, default=None, help="cache (default $INTERLOCK_CACHE)")
+    fetch.add_argument("--only", choices=("kafka", "jaeger"), default=None, help="warm only this one")
     fetch.add_argument("--kafka-version", default=KAFKA_VERSION)
+    fetch.add_argument("--jaeger-version", default=JAEGER_VERSION)
     fetch.add_argument("--json", action="store_true")
     return parser
 
@@ -68,12 +77,18 @@ def _announce(as_json: bool, service: str, address: str, **extra: Any) -> None:
         print(address, flush=True)
 
 
-def _run_child(server: ManagedProcess, address: str, args: argparse.Namespace) -> int:
+def _run_child(server: ManagedProcess, address: str, args: argparse.Namespace, **extra: Any) -> int:
     stop = _stop_event()
     progress(f"starting {server.name} in {server.data_dir} ...")
     with server:
         _announce(
-            args.json, server.name, address, pid=server.pid, data_dir=str(server.data_dir), log=str(server.log_path)
+            args.json,
+            server.name,
+            address,
+            pid=server.pid,
+            data_dir=str(server.data_dir),
+            log=str(server.log_path),
+            **extra,
         )
         server.wait(poll=stop.is_set)
         if stop.is_set():
@@ -95,12 +110,19 @@ def _run_clickhouse(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    jars = ensure_kafka_classpath(args.cache, args.kafka_version)
-    lib = jars[0].parent
+    found: dict[str, Any] = {}
+    if args.only in (None, "kafka"):
+        jars = ensure_kafka_classpath(args.cache, args.kafka_version)
+        found.update(kafka_version=args.kafka_version, lib_dir=str(jars[0].parent), jars=[j.name for j in jars])
+    if args.only in (None, "jaeger"):
+        binary = ensure_jaeger_binary(args.cache, args.jaeger_version)
+        found.update(jaeger_version=args.jaeger_version, jaeger_binary=str(binary))
     if args.json:
-        print(json.dumps({"kafka_version": args.kafka_version, "lib_dir": str(lib), "jars": [j.name for j in jars]}))
+        print(json.dumps(found))
     else:
-        print(lib)
+        for key in ("lib_dir", "jaeger_binary"):
+            if key in found:
+                print(found[key])
     return 0
 
 
@@ -120,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir=args.cache or default_cache_dir(),
             )
             return _run_child(broker, broker.bootstrap, args)
+        if args.command == "jaeger":
+            jaeger = JaegerServer(args.data, args.otlp_port or None, args.port or None, cache_dir=args.cache)
+            return _run_child(jaeger, jaeger.query_url, args, otlp_endpoint=jaeger.otlp_endpoint)
         redis = RedisServer(args.data, args.port or None)
         return _run_child(redis, redis.url, args)
     except DevServerError as exc:

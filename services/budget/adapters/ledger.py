@@ -22,6 +22,8 @@ from typing import Any, Protocol, TypeVar
 from interlock.errors import FailedPreconditionError, NotFoundError
 from interlock.services.budget.domain.model import (
     BudgetPolicy,
+    LeaseChange,
+    LeaseState,
     NewApiKey,
     Principal,
     ReservationDecision,
@@ -30,6 +32,7 @@ from interlock.services.budget.domain.model import (
     ScopeSpend,
     crossed_thresholds,
     decide_reservation,
+    lease_growth,
     new_api_key,
     scopes_of,
     secret_matches,
@@ -79,6 +82,12 @@ CREATE TABLE IF NOT EXISTS alerts (
   request_id TEXT NOT NULL, occurred_at {ts} NOT NULL, headers TEXT NOT NULL, published_at {ts}
 );
 CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (published_at, occurred_at);
+CREATE TABLE IF NOT EXISTS leases (
+  lease_id TEXT PRIMARY KEY, org TEXT NOT NULL, project TEXT NOT NULL, developer TEXT NOT NULL,
+  api_key_id TEXT NOT NULL, granted_nanos {int} NOT NULL, consumed_nanos {int} NOT NULL, seq {int} NOT NULL,
+  state TEXT NOT NULL, created_at {ts} NOT NULL, expires_at {ts} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_active ON leases (state, expires_at);
 """
 # Columns added to `budgets` after its first release; older ledgers gain them on open.
 BUDGET_COLUMNS = {
@@ -309,51 +318,168 @@ class BudgetLedger:
             self._add_spend(tx, keys, 0, amount_nanos)
             return decision
 
-    def commit(self, usage: SettledUsage, headers: Sequence[tuple[str, str]]) -> bool:
-        """Settle a held reservation to the actual cost; False when already committed."""
+    def commit(self, usage: SettledUsage, headers: Sequence[tuple[str, str]], lease_id: str = "") -> bool:
+        """Settle a call to its actual cost; False when already committed.
+
+        Without `lease_id` the call's own held reservation is settled; with one, the cost is
+        taken out of that lease's hold (see `lease`)."""
+        return self.commit_many([(usage, headers, lease_id)])[0]
+
+    def commit_many(self, items: Sequence[tuple[SettledUsage, Sequence[tuple[str, str]], str]]) -> list[bool]:
+        """Settle several calls in one transaction; a failing one fails them all.
+
+        Lock order, here as everywhere: reservation rows, then scope rows (sorted), then lease rows."""
         with self._tx() as tx:
-            row = tx.one(
-                "SELECT state, amount_nanos, org, project, developer, api_key_id FROM reservations"
-                " WHERE request_id = ?" + self.lock_row_suffix,
+            plans: list[tuple[SettledUsage, str, str, Principal, int | None] | None] = []
+            for usage, headers, lease_id in items:
+                claim = self._claim_commit(tx, usage, lease_id)
+                plans.append(None if claim is None else (usage, json.dumps(list(headers)), lease_id, *claim))
+            self._lock_scopes(tx, sorted({s.key for p in plans if p is not None for s in scopes_of(p[3])}))
+            for plan in plans:
+                if plan is None:
+                    continue
+                usage, headers_json, lease_id, principal, held = plan
+                keys = [s.key for s in scopes_of(principal)]
+                self._count_and_alert(tx, keys, usage, headers_json)
+                if lease_id:
+                    held = self._consume_lease(tx, lease_id, usage.cost_nanos)
+                else:
+                    tx.run("UPDATE reservations SET state = 'committed' WHERE request_id = ?", usage.request_id)
+                # An expired reservation or lease no longer holds money, but the call did happen: record it.
+                self._add_spend(tx, keys, usage.cost_nanos, -(held or 0))
+                self._record_usage(tx, usage, principal, headers_json)
+            return [plan is not None for plan in plans]
+
+    def _claim_commit(self, tx: Tx, usage: SettledUsage, lease_id: str) -> tuple[Principal, int | None] | None:
+        """(payer, nanos its reservation holds) of a call to settle; None when already committed."""
+        if lease_id:
+            owner = tx.one("SELECT org, project, developer, api_key_id FROM leases WHERE lease_id = ?", lease_id)
+            if owner is None:
+                raise NotFoundError(f"lease {lease_id} does not exist", field="lease_id")
+            # The call's row in `reservations` is what makes a replayed commit a no-op.
+            claimed = tx.one(
+                "INSERT INTO reservations (request_id, org, project, developer, api_key_id, amount_nanos, state,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, 'committed', ?, ?)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
                 usage.request_id,
-            )
-            if row is None:
-                raise NotFoundError(f"request {usage.request_id} holds no reservation", field="request_id")
-            state, amount, org, project, developer, api_key_id = row
-            if state == "committed":
-                return False
-            if state == "released":
-                raise FailedPreconditionError(f"request {usage.request_id} was released", field="request_id")
-            principal = Principal(org, project, developer, api_key_id)
-            keys = [s.key for s in scopes_of(principal)]
-            self._lock_scopes(tx, keys)
-            headers_json = json.dumps(list(headers))
-            self._count_and_alert(tx, keys, usage, headers_json)
-            # An expired reservation no longer holds money, but the call did happen: record it.
-            self._add_spend(tx, keys, usage.cost_nanos, -int(amount) if state == "held" else 0)
-            tx.run("UPDATE reservations SET state = 'committed' WHERE request_id = ?", usage.request_id)
-            tx.run(
-                "INSERT INTO ledger (request_id, org, project, developer, api_key_id, provider, model, input_tokens,"
-                " output_tokens, cost_nanos, committed_at, trace_id, run_id, agent, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                usage.request_id,
-                org,
-                project,
-                developer,
-                api_key_id,
-                usage.provider,
-                usage.model,
-                usage.input_tokens,
-                usage.output_tokens,
+                *owner,
                 usage.cost_nanos,
                 usage.committed_at,
-                usage.trace_id,
-                usage.run_id,
-                usage.agent,
-                json.dumps(usage.details, sort_keys=True),
+                usage.committed_at,
             )
-            tx.run("INSERT INTO outbox (request_id, headers) VALUES (?, ?)", usage.request_id, headers_json)
-            return True
+            return None if claimed is None else (Principal(*owner), None)
+        row = tx.one(
+            "SELECT state, amount_nanos, org, project, developer, api_key_id FROM reservations"
+            " WHERE request_id = ?" + self.lock_row_suffix,
+            usage.request_id,
+        )
+        if row is None:
+            raise NotFoundError(f"request {usage.request_id} holds no reservation", field="request_id")
+        state, amount, org, project, developer, api_key_id = row
+        if state == "committed":
+            return None
+        if state == "released":
+            raise FailedPreconditionError(f"request {usage.request_id} was released", field="request_id")
+        return Principal(org, project, developer, api_key_id), int(amount) if state == "held" else None
+
+    def _record_usage(self, tx: Tx, usage: SettledUsage, payer: Principal, headers_json: str) -> None:
+        tx.run(
+            "INSERT INTO ledger (request_id, org, project, developer, api_key_id, provider, model, input_tokens,"
+            " output_tokens, cost_nanos, committed_at, trace_id, run_id, agent, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            usage.request_id,
+            payer.org,
+            payer.project,
+            payer.developer,
+            payer.api_key_id,
+            usage.provider,
+            usage.model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_nanos,
+            usage.committed_at,
+            usage.trace_id,
+            usage.run_id,
+            usage.agent,
+            json.dumps(usage.details, sort_keys=True),
+        )
+        tx.run("INSERT INTO outbox (request_id, headers) VALUES (?, ?)", usage.request_id, headers_json)
+
+    # Leases
+
+    def lease(
+        self,
+        lease_id: str,
+        principal: Principal,
+        seq: int,
+        change: LeaseChange,
+        ttl_s: float,
+        now: float,
+        max_share: float,
+    ) -> LeaseState:
+        """Open, grow, shrink or close a lease: a prepaid slice of every budget above `principal`.
+
+        What a lease holds (granted minus consumed) counts as reserved spend of each scope, so
+        a lease only grows into room that no reservation or other lease holds: the total
+        leased never exceeds what remains. Idempotent by (lease_id, seq)."""
+        keys = [s.key for s in scopes_of(principal)]
+        with self._tx() as tx:
+            owner = tx.one("SELECT org, project, developer, api_key_id FROM leases WHERE lease_id = ?", lease_id)
+            if owner is not None and Principal(*owner) != principal:
+                raise FailedPreconditionError(f"lease {lease_id} belongs to another principal", field="principal")
+            self._lock_scopes(tx, keys)
+            row = tx.one(
+                "SELECT granted_nanos, consumed_nanos, seq, state, expires_at FROM leases WHERE lease_id = ?"
+                + self.lock_row_suffix,
+                lease_id,
+            )
+            if row is None:
+                tx.run(
+                    "INSERT INTO leases (lease_id, org, project, developer, api_key_id, granted_nanos, consumed_nanos,"
+                    " seq, state, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 0, 0, -1, 'active', ?, ?)",
+                    lease_id,
+                    principal.org,
+                    principal.project,
+                    principal.developer,
+                    principal.api_key_id,
+                    now,
+                    now + ttl_s,
+                )
+                row = (0, 0, -1, "active", now + ttl_s)
+            granted, consumed, last_seq, state, expires_at = int(row[0]), int(row[1]), int(row[2]), row[3], row[4]
+            if seq <= last_seq:
+                return LeaseState(granted, consumed, 0, float(expires_at))
+            if state != "active":
+                raise FailedPreconditionError(f"lease {lease_id} is {state}; open a new one", field="lease_id")
+            unused = max(0, granted - consumed)
+            give = unused if change.close else min(max(0, change.return_nanos), unused)
+            self._add_spend(tx, keys, 0, -give)
+            added, limiting = 0, ""
+            if not change.close and change.grow_nanos > 0:
+                added, limiting = lease_growth(change.grow_nanos, self._spend(tx, keys, now), max_share)
+                self._add_spend(tx, keys, 0, added)
+            granted += added - give
+            tx.run(
+                "UPDATE leases SET granted_nanos = ?, seq = ?, state = ?, expires_at = ? WHERE lease_id = ?",
+                granted,
+                seq,
+                "closed" if change.close else "active",
+                now + ttl_s,
+                lease_id,
+            )
+            return LeaseState(granted, consumed, added, now + ttl_s, limiting)
+
+    def _consume_lease(self, tx: Tx, lease_id: str, cost_nanos: int) -> int:
+        """Count a call's cost against its lease; returns the nanos of hold that cost used up."""
+        row = tx.one(
+            "SELECT granted_nanos, consumed_nanos, state FROM leases WHERE lease_id = ?" + self.lock_row_suffix,
+            lease_id,
+        )
+        assert row is not None  # checked by _claim_commit in this transaction
+        granted, consumed, state = int(row[0]), int(row[1]), row[2]
+        tx.run("UPDATE leases SET consumed_nanos = ? WHERE lease_id = ?", consumed + cost_nanos, lease_id)
+        # Only an active lease still holds its unused part; a closed or expired one gave it back.
+        return min(cost_nanos, max(0, granted - consumed)) if state == "active" else 0
 
     def _count_and_alert(self, tx: Tx, keys: Sequence[str], usage: SettledUsage, headers_json: str) -> None:
         """Add the cost to each budgeted scope's current window; write an alert per threshold crossed."""
@@ -428,7 +554,47 @@ class BudgetLedger:
             for request_id, amount, *_ in rows:
                 self._add_spend(tx, keys_of[request_id], 0, -int(amount))
                 tx.run("UPDATE reservations SET state = 'expired' WHERE request_id = ?", request_id)
-            return len(rows)
+        # Leases in a transaction of their own: scope locks are taken once, in sorted order.
+        with self._tx() as tx:
+            return len(rows) + self._expire_leases(tx, now)
+
+    def _expire_leases(self, tx: Tx, now: float) -> int:
+        """Give back the unused hold of leases whose holder stopped renewing them."""
+        due = tx.all(
+            "SELECT lease_id, org, project, developer, api_key_id FROM leases"
+            " WHERE state = 'active' AND expires_at <= ? ORDER BY lease_id",
+            now,
+        )
+        keys_of = {r[0]: [s.key for s in scopes_of(Principal(r[1], r[2], r[3], r[4]))] for r in due}
+        self._lock_scopes(tx, sorted({k for keys in keys_of.values() for k in keys}))
+        expired = 0
+        for lease_id, keys in keys_of.items():
+            # Re-read under the row lock: the holder may have renewed it meanwhile.
+            row = tx.one(
+                "SELECT granted_nanos, consumed_nanos FROM leases"
+                " WHERE lease_id = ? AND state = 'active' AND expires_at <= ?" + self.lock_row_suffix,
+                lease_id,
+                now,
+            )
+            if row is None:
+                continue
+            self._add_spend(tx, keys, 0, -max(0, int(row[0]) - int(row[1])))
+            tx.run("UPDATE leases SET state = 'expired' WHERE lease_id = ?", lease_id)
+            expired += 1
+        return expired
+
+    def held_leases(self, now: float) -> tuple[int, int, int]:
+        """(active leases, of which past their expiry, nanos they hold unused); for checks after a crash."""
+        row = self._read(
+            lambda tx: tx.one(
+                "SELECT count(*), coalesce(sum(CASE WHEN expires_at <= ? THEN 1 ELSE 0 END), 0),"
+                " coalesce(sum(CASE WHEN granted_nanos > consumed_nanos THEN granted_nanos - consumed_nanos"
+                " ELSE 0 END), 0) FROM leases WHERE state = 'active'",
+                now,
+            )
+        )
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
 
     skip_locked_suffix = ""
     """Appended to the expiry scan (`FOR UPDATE SKIP LOCKED` where replicas expire concurrently)."""

@@ -23,12 +23,17 @@ from interlock.usage.v1 import usage_pb2
 
 log = logging.getLogger("interlock.budget.outbox")
 
+USAGE_SCHEMA_VERSION = 2
+"""Layout of the UsageEvents written here (2: cache, reasoning, config version, latency, attempt)."""
+
 
 def to_event(usage: SettledUsage) -> usage_pb2.UsageEvent:
     occurred = Timestamp()
     occurred.FromNanoseconds(int(usage.committed_at * 1e9))
     return usage_pb2.UsageEvent(
-        event_id=usage.request_id,
+        event_id=usage.event_id,
+        # The ledger keys attempts `id#n`; callers know the bare id.
+        request_id=usage.request_id.partition("#")[0],
         org=usage.principal.org,
         project=usage.principal.project,
         developer=usage.principal.developer,
@@ -48,6 +53,9 @@ def to_event(usage: SettledUsage) -> usage_pb2.UsageEvent:
         reasoning_tokens=int(usage.details.get("reasoning_tokens", 0)),
         cache_write_tokens=int(usage.details.get("cache_write_tokens", 0)),
         latency_ms=int(usage.details.get("latency_ms", 0)),
+        attempt=int(usage.details.get("attempt", 0)),
+        provider_attempts=int(usage.details.get("provider_attempts", 0)),
+        schema_version=USAGE_SCHEMA_VERSION,
     )
 
 

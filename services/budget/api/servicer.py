@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from interlock.services.budget.adapters.ledger import BudgetLedger
 from interlock.services.budget.domain.model import (
     DEFAULT_ORG,
     BudgetPolicy,
+    LeaseChange,
     Principal,
     Scope,
     ScopeKind,
@@ -27,7 +28,7 @@ from interlock.services.budget.domain.model import (
     check_thresholds,
     split_api_key,
 )
-from interlock.services.budget.domain.usage import SettledUsage, reservation_key
+from interlock.services.budget.domain.usage import SettledUsage, reservation_key, usage_event_id
 from interlock.services.budget.domain.window import Window, check_time_zone
 
 T = TypeVar("T")
@@ -47,11 +48,15 @@ _WINDOWS = {
 }
 _WINDOW_PB = {w: pb for pb, w in _WINDOWS.items()}
 _MAX_REQUEST_ID = 128
+_MAX_BATCH = 1000
 
 
 def _request_id(value: str) -> str:
     if not value or len(value) > _MAX_REQUEST_ID:
         raise InvalidArgumentError(f"must be 1-{_MAX_REQUEST_ID} characters", field="request_id")
+    if "#" in value:
+        # `#` separates a request id from its attempt number in ledger keys (`id#2`).
+        raise InvalidArgumentError("must not contain '#'", field="request_id")
     return value
 
 
@@ -108,9 +113,13 @@ class BudgetServicer:
         reservation_ttl_s: float,
         on_commit: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        lease_ttl_s: float = 30.0,
+        lease_max_share: float = 0.25,
     ) -> None:
         self._ledger = ledger
         self._ttl = reservation_ttl_s
+        self._lease_ttl = lease_ttl_s
+        self._lease_max_share = lease_max_share
         self._on_commit = on_commit
         self._clock = clock
         # One thread owns the ledger's connection; the event loop never blocks on disk.
@@ -138,21 +147,22 @@ class BudgetServicer:
             **_refusal(decision.refused_by),
         )
 
-    async def Commit(self, request: budget_pb2.CommitRequest, context: Ctx) -> budget_pb2.CommitResponse:
-        request_id = reservation_key(_request_id(request.request_id), request.attempt)
+    def _settled(self, request: budget_pb2.CommitRequest) -> SettledUsage:
         numbers = ("cost_nanos", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
         for name in (*numbers, "cache_write_tokens", "latency_ms"):
             if getattr(request, name) < 0:
                 raise InvalidArgumentError("must not be negative", field=name)
-        usage = SettledUsage(
-            request_id=request_id,
-            principal=Principal("", "", ""),  # the ledger takes the principal from the reservation
+        request_id = _request_id(request.request_id)
+        committed_at = self._clock()
+        return SettledUsage(
+            request_id=reservation_key(request_id, request.attempt),
+            principal=Principal("", "", ""),  # the ledger takes the principal from the reservation or lease
             provider=request.provider,
             model=request.model,
             input_tokens=request.input_tokens,
             output_tokens=request.output_tokens,
             cost_nanos=request.cost_nanos,
-            committed_at=self._clock(),
+            committed_at=committed_at,
             trace_id=current_trace_id(),
             run_id=request.run_id,
             agent=request.agent,
@@ -162,14 +172,56 @@ class BudgetServicer:
                 "reasoning_tokens": request.reasoning_tokens,
                 "cache_write_tokens": request.cache_write_tokens,
                 "latency_ms": request.latency_ms,
+                "attempt": request.attempt,
+                "provider_attempts": request.provider_attempts,
+                # Fixed here and stored with the ledger row: every re-send of the event carries it.
+                "event_id": usage_event_id(request_id, request.attempt, committed_at),
             },
         )
+
+    async def Commit(self, request: budget_pb2.CommitRequest, context: Ctx) -> budget_pb2.CommitResponse:
+        return (await self._commit([request]))[0]
+
+    async def CommitBatch(self, request: budget_pb2.CommitBatchRequest, context: Ctx) -> budget_pb2.CommitBatchResponse:
+        if len(request.commits) > _MAX_BATCH:
+            raise InvalidArgumentError(f"at most {_MAX_BATCH} commits per batch", field="commits")
+        return budget_pb2.CommitBatchResponse(results=await self._commit(request.commits))
+
+    async def _commit(self, requests: Sequence[budget_pb2.CommitRequest]) -> list[budget_pb2.CommitResponse]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        first = await self.run_in_ledger_thread(self._ledger.commit, usage, sorted(carrier.items()))
-        if first:
+        headers = sorted(carrier.items())
+        items = [(self._settled(r), headers, r.lease_id) for r in requests]
+        firsts = await self.run_in_ledger_thread(self._ledger.commit_many, items)
+        if any(firsts):
             self._on_commit()
-        return budget_pb2.CommitResponse(first_commit=first)
+        return [budget_pb2.CommitResponse(first_commit=first) for first in firsts]
+
+    async def Lease(self, request: budget_pb2.LeaseRequest, context: Ctx) -> budget_pb2.LeaseResponse:
+        if not request.lease_id or len(request.lease_id) > _MAX_REQUEST_ID:
+            raise InvalidArgumentError(f"must be 1-{_MAX_REQUEST_ID} characters", field="lease_id")
+        for name in ("grow_nanos", "return_nanos"):
+            if getattr(request, name) < 0:
+                raise InvalidArgumentError("must not be negative", field=name)
+        change = LeaseChange(request.grow_nanos, request.return_nanos, request.close)
+        ttl = float(request.ttl_seconds) if request.ttl_seconds else self._lease_ttl
+        state = await self.run_in_ledger_thread(
+            self._ledger.lease,
+            request.lease_id,
+            _principal(request.principal),
+            request.seq,
+            change,
+            ttl,
+            self._clock(),
+            self._lease_max_share,
+        )
+        return budget_pb2.LeaseResponse(
+            granted_nanos=state.granted_nanos,
+            consumed_nanos=state.consumed_nanos,
+            added_nanos=state.added_nanos,
+            expires_at=_timestamp(state.expires_at),
+            limiting_scope=state.limiting_scope,
+        )
 
     async def Release(self, request: budget_pb2.ReleaseRequest, context: Ctx) -> budget_pb2.ReleaseResponse:
         request_id = reservation_key(_request_id(request.request_id), request.attempt)

@@ -140,6 +140,54 @@ def decide_reservation(amount_nanos: int, spends: Sequence[ScopeSpend]) -> Reser
     return ReservationDecision(True)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseChange:
+    """What a holder asks of its lease."""
+
+    grow_nanos: int = 0
+    return_nanos: int = 0
+    """Unused nanos to give back."""
+    close: bool = False
+    """Give back everything unused and end the lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A lease after a change: what it holds over its life and what calls under it spent."""
+
+    granted_nanos: int
+    """Granted over the lease's life, net of what was given back."""
+    consumed_nanos: int
+    """Committed by calls made under the lease."""
+    added_nanos: int = 0
+    """Added by this change."""
+    expires_at: float = 0.0
+    """Unix seconds."""
+    limiting_scope: str = ""
+    """When growth was cut short: the budget with least room."""
+
+    @property
+    def unused_nanos(self) -> int:
+        return max(0, self.granted_nanos - self.consumed_nanos)
+
+
+def lease_growth(want_nanos: int, spends: Sequence[ScopeSpend], max_share: float) -> tuple[int, str]:
+    """How much a lease may grow: at most `max_share` of the room left under the tightest budget.
+
+    The share keeps money spread across many holders (router replicas) and shrinks leases as
+    a budget runs low, so near its end calls fall back to exact per-call reservations and
+    little money sits unused in leases. Returns (nanos, limiting scope or "")."""
+    grant, limiting = max(0, want_nanos), ""
+    for spend in spends:
+        if spend.limit_nanos is None:
+            continue
+        room = max(0, spend.limit_nanos - spend.committed_nanos - spend.reserved_nanos)
+        cap = int(room * max_share)
+        if cap < grant:
+            grant, limiting = cap, spend.scope_key
+    return grant, limiting
+
+
 def crossed_thresholds(limit_nanos: int, before_nanos: int, after_nanos: int, thresholds: Sequence[int]) -> list[int]:
     """Thresholds (percent of the limit) that spend going from `before` to `after` reached for the first time."""
     crossed = []

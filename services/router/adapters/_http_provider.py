@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
+
+from interlock import _json
 
 from ..domain.provider import (
     ProviderError,
@@ -395,7 +396,7 @@ class HttpProvider:
     def json_object(self, data: bytes) -> dict[str, Any]:
         """Parse a JSON object from the provider; malformed -> PROTOCOL."""
         try:
-            value = json.loads(data)
+            value = _json.loads(data)
         except ValueError:
             raise self.error(ProviderErrorKind.PROTOCOL, "malformed JSON from provider") from None
         if not isinstance(value, dict):
@@ -434,4 +435,4 @@ class HttpProvider:
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return _json.dumps(body)

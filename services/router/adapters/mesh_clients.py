@@ -18,6 +18,7 @@ import grpc
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+from interlock.services.router.adapters.budget_leases import CommitBatcher, LeaseBook, LeasePolicy
 from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
 from interlock.services.router.domain.chat import ChatCall, tools_token_bound
 from interlock.services.router.domain.flow import Admission, Caller, Reservation
@@ -45,11 +46,23 @@ class RateLimitClient:
     earlier responses); a descriptor never seen yet takes `fail_open`.
     """
 
-    def __init__(self, target: str, fail_open: bool, decision_timeout_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        target: str,
+        fail_open: bool,
+        decision_timeout_s: float = 0.5,
+        *,
+        correct_in_background: bool = False,
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = ratelimit_pb2_grpc.RateLimitServiceStub(self._channel)
         self._fail_open = fail_open
         self._decision_timeout = decision_timeout_s
+        # The router answers its caller without waiting for the token correction: a round
+        # trip saved per call. Limits see the correction one RPC later; until then they count
+        # the admission estimate, as they already did for the whole provider call.
+        self._correct_in_background = correct_in_background
+        self._corrections: set[asyncio.Task[None]] = set()
         # Descriptor -> name of a fail-closed rule on it ("" when all its rules fail open).
         self._closed_rules: OrderedDict[tuple[tuple[str, str], ...], str] = OrderedDict()
         self.fail_open_admits = 0
@@ -120,7 +133,10 @@ class RateLimitClient:
         return Admission(True)
 
     async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
-        """Correct the token estimate taken at admission by the tokens the provider billed."""
+        """Correct the token estimate taken at admission by the tokens the provider billed.
+
+        With `correct_in_background`, returns once the correction is sent off; `aclose`
+        waits for those still in flight."""
         if not admission.decided_at_ms or not admission.token_estimate:
             return
         delta = usage.input_tokens + usage.output_tokens - admission.token_estimate
@@ -137,6 +153,14 @@ class RateLimitClient:
                 if entries[0] == ("usage", "tokens")
             ],
         )
+        if self._correct_in_background:
+            task = asyncio.create_task(self._adjust(request, delta))
+            self._corrections.add(task)
+            task.add_done_callback(self._corrections.discard)
+            return
+        await self._adjust(request, delta)
+
+    async def _adjust(self, request: ratelimit_pb2.AdjustHitsRequest, delta: int) -> None:
         try:
             await self._stub.AdjustHits(request, timeout=self._decision_timeout)
         except grpc.RpcError as exc:
@@ -145,16 +169,37 @@ class RateLimitClient:
             log.warning("token correction failed", extra={"fields": {"code": str(exc.code()), "delta": delta}})
 
     async def aclose(self) -> None:
+        if self._corrections:
+            # Each is bounded by the decision timeout; the channel must outlive them.
+            await asyncio.wait(set(self._corrections), timeout=self._decision_timeout * 2)
         await self._channel.close()
 
 
 class BudgetClient:
-    def __init__(self, target: str, auth_cache_ttl_s: float = 30.0) -> None:
+    """Keys, reservations and commits on the budget service; with a lease policy, most calls
+    reserve against a budget lease in memory and commits travel in batches."""
+
+    def __init__(self, target: str, auth_cache_ttl_s: float = 30.0, leases: LeasePolicy | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
         self._auth_ttl = auth_cache_ttl_s
         # Valid keys only, bounded; a revoked key stops working within the TTL.
         self._auth_cache: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+        self.leases = LeaseBook(leases, self._lease_rpc) if leases is not None and leases.slice_nanos > 0 else None
+        self._commits = CommitBatcher(self._commit_batch_rpc)
+
+    async def _lease_rpc(self, request: budget_pb2.LeaseRequest, timeout_s: float) -> budget_pb2.LeaseResponse:
+        try:
+            response: budget_pb2.LeaseResponse = await self._stub.Lease(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise _error(exc, "budget") from None
+        return response
+
+    async def _commit_batch_rpc(self, requests: list[budget_pb2.CommitRequest]) -> list[budget_pb2.CommitResponse]:
+        if len(requests) == 1:
+            return [await self._stub.Commit(requests[0], timeout=5.0)]
+        response = await self._stub.CommitBatch(budget_pb2.CommitBatchRequest(commits=requests), timeout=5.0)
+        return list(response.results)
 
     async def authenticate(self, api_key: str) -> Caller:
         now = time.monotonic()
@@ -181,6 +226,15 @@ class BudgetClient:
         return caller
 
     async def reserve(self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None) -> Reservation:
+        if self.leases is not None:
+            if self.leases.take(request_id, caller, amount_nanos):
+                return Reservation(True)
+            try:
+                if await self.leases.grow_and_take(request_id, caller, amount_nanos, timeout_s or 5.0):
+                    return Reservation(True)
+            except InterlockError as exc:
+                # A refused or failed lease change leaves the exact reservation below to decide.
+                log.warning("budget lease change failed", extra={"fields": {"error": str(exc)}})
         request = budget_pb2.ReserveRequest(
             request_id=request_id,
             principal=budget_pb2.Principal(
@@ -204,7 +258,9 @@ class BudgetClient:
             window=response.window,
         )
 
-    async def commit(self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int) -> None:
+    async def commit(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int = 0
+    ) -> None:
         request = budget_pb2.CommitRequest(
             request_id=call.request_id,
             cost_nanos=cost_nanos,
@@ -219,12 +275,14 @@ class BudgetClient:
             reasoning_tokens=usage.reasoning_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             latency_ms=round((time.monotonic() - call.started_at) * 1000) if call.started_at else 0,
+            lease_id=self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else "",
+            provider_attempts=provider_attempts,
         )
         # A commit must land: retry transient failures; the call is idempotent by request id.
         delay = 0.05
         for attempt in range(5):
             try:
-                await self._stub.Commit(request, timeout=5.0)
+                await self._commits.commit(request)
                 return
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -235,6 +293,8 @@ class BudgetClient:
                 delay *= 2
 
     async def release(self, request_id: str) -> None:
+        if self.leases is not None and self.leases.settle(request_id, None):
+            return  # the lease keeps the money for the next call; nothing to tell the service
         try:
             await self._stub.Release(budget_pb2.ReleaseRequest(request_id=request_id), timeout=5.0)
         except grpc.RpcError:
@@ -242,4 +302,6 @@ class BudgetClient:
             log.warning("budget release failed; reservation will expire", extra={"fields": {"request_id": request_id}})
 
     async def aclose(self) -> None:
+        if self.leases is not None:
+            await self.leases.close_all()
         await self._channel.close()

@@ -29,6 +29,11 @@ _CL100K_PATTERN = (
 # Chat formats frame each message in a few tokens and prime the reply with a few more.
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REPLY = 3
+# Agents resend the same system prompt, tool results and history on every call, so counts
+# of recent texts are kept. Only texts up to this size are kept, which bounds the cache's
+# memory (4,096 x 16 KiB at worst); a longer text is counted each time.
+_CACHED_TEXT_CHARS = 16 * 1024
+_CACHED_TEXTS = 4096
 
 
 @functools.cache
@@ -51,9 +56,23 @@ def _cl100k_encode() -> Callable[[str], list[int]] | None:
     return functools.partial(encoding.encode_ordinary)
 
 
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _cached_count(text: str) -> int:
+    encode = _cl100k_encode()
+    assert encode is not None
+    return len(encode(text))
+
+
+def _count(text: str) -> int:
+    if len(text) <= _CACHED_TEXT_CHARS:
+        return _cached_count(text)
+    encode = _cl100k_encode()
+    assert encode is not None
+    return len(encode(text))
+
+
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     """Prompt tokens of a chat call, by cl100k when available, else an upper bound."""
-    encode = _cl100k_encode()
-    if encode is None:
+    if _cl100k_encode() is None:
         return input_token_bound(messages)
-    return _TOKENS_PER_REPLY + sum(_TOKENS_PER_MESSAGE + len(encode(m.role)) + len(encode(m.content)) for m in messages)
+    return _TOKENS_PER_REPLY + sum(_TOKENS_PER_MESSAGE + _count(m.role) + _count(m.content) for m in messages)

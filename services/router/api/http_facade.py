@@ -10,7 +10,7 @@ events and traces as gRPC callers:
 Errors come back in the shape each SDK parses (OpenAI `{"error": {...}}`, Anthropic
 `{"type": "error", "error": {...}}`), with the status code each SDK maps to its typed
 exceptions. Optional headers: `x-request-id` (idempotency key), `x-interlock-run-id`,
-`x-interlock-agent`.
+`x-interlock-agent`, `x-interlock-step` (the caller's span comes as W3C `traceparent`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from interlock import _json
 from interlock._http import Receive, Scope, Send
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
@@ -33,8 +34,6 @@ from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
 
-DEFAULT_MAX_TOKENS = 4096
-"""OpenAI requests may omit max_tokens; the budget still needs a worst case to reserve."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _tracer = trace.get_tracer("interlock.router.http")
@@ -252,11 +251,12 @@ class HttpFacade:
             snap.config,
             model=model,
             messages=messages,
-            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+            max_tokens=max_tokens,
             temperature=_expect(body, "temperature", (int, float), "a number"),
             request_id=headers.get("x-request-id") or f"req_{uuid.uuid4().hex}",
             run_id=headers.get("x-interlock-run-id", ""),
             agent=headers.get("x-interlock-agent", ""),
+            step=headers.get("x-interlock-step", ""),
             top_p=_expect(body, "top_p", (int, float), "a number"),
             stop=stops,
             tools=tools,
@@ -399,6 +399,7 @@ class HttpFacade:
             request_id=headers.get("x-request-id") or f"req_{uuid.uuid4().hex}",
             run_id=headers.get("x-interlock-run-id", ""),
             agent=headers.get("x-interlock-agent", ""),
+            step=headers.get("x-interlock-step", ""),
             top_p=_expect(body, "top_p", (int, float), "a number"),
             stop=_expect(body, "stop_sequences", list, "an array") or [],
             tools=tools,
@@ -612,7 +613,7 @@ async def _read_json(receive: Receive) -> dict[str, Any]:
         if not message.get("more_body"):
             break
     try:
-        body = json.loads(b"".join(chunks))
+        body = _json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise _bad("We could not parse the JSON body of your request.", "body") from None
     if not isinstance(body, dict):
@@ -621,7 +622,7 @@ async def _read_json(receive: Receive) -> dict[str, Any]:
 
 
 async def _send_json(send: Send, status: int, payload: object, headers: Mapping[str, str] | None = None) -> int:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = _json.dumps(payload)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -636,13 +637,11 @@ async def _start_sse(send: Send, headers: Mapping[str, str]) -> None:
 
 
 async def _sse(send: Send, payload: object) -> None:
-    await _sse_raw(send, b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+    await _sse_raw(send, b"data: " + _json.dumps(payload) + b"\n\n")
 
 
 async def _event(send: Send, name: str, payload: object) -> None:
-    await _sse_raw(
-        send, f"event: {name}\n".encode() + b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-    )
+    await _sse_raw(send, f"event: {name}\n".encode() + b"data: " + _json.dumps(payload) + b"\n\n")
 
 
 async def _sse_raw(send: Send, data: bytes) -> None:

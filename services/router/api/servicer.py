@@ -92,6 +92,7 @@ class RouterServicer:
             tools=tools,
             tool_choice=params.tool_choice or None,
             json_mode=params.json_mode,
+            step=params.step,
         )
         return replace(call, started_at=time.monotonic())
 

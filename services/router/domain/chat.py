@@ -45,6 +45,8 @@ class ChatCall:
     """The routing config version this call was validated against and is served by."""
     started_at: float = 0.0
     """Monotonic time the router received the call (0 when unknown), for latency."""
+    step: str = ""
+    """Step of the agent this call belongs to, for traces and replay."""
 
 
 def validate_chat(
@@ -52,7 +54,7 @@ def validate_chat(
     *,
     model: str,
     messages: Sequence[ChatMessage],
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
     request_id: str,
     run_id: str,
@@ -63,8 +65,12 @@ def validate_chat(
     tool_choice: str | None = None,
     json_mode: bool = False,
     field_prefix: str = "params.",
+    step: str = "",
 ) -> ChatCall:
-    """Check every field; raise InvalidArgumentError naming the first bad one."""
+    """Check every field; raise InvalidArgumentError naming the first bad one.
+
+    `max_tokens` None (an HTTP caller that gave none) takes the model's maximum output, so
+    the budget reserves what the model may really produce."""
     f = field_prefix
     if not model:
         raise InvalidArgumentError("is required", field=f"{f}model")
@@ -72,6 +78,8 @@ def validate_chat(
     if route is None:
         known = ", ".join(sorted(config.models)[:20])
         raise InvalidArgumentError(f"unknown model {model[:100]!r}; known models: {known}", field=f"{f}model")
+    if max_tokens is None:
+        max_tokens = route.max_output_tokens
     if not messages:
         raise InvalidArgumentError("must hold at least one message", field=f"{f}messages")
     if len(messages) > MAX_MESSAGES:
@@ -114,7 +122,7 @@ def validate_chat(
         names.add(tool.name)
     if tool_choice is not None and tool_choice not in ("auto", "none", "required") and tool_choice not in names:
         raise InvalidArgumentError("must be auto, none, required or the name of a tool", field=f"{f}tool_choice")
-    for name, value in (("request_id", request_id), ("run_id", run_id), ("agent", agent)):
+    for name, value in (("request_id", request_id), ("run_id", run_id), ("agent", agent), ("step", step)):
         if value and not _ID.match(value):
             raise InvalidArgumentError("must be 1-128 of letters, digits, '.', '_', ':' or '-'", field=f"{f}{name}")
     return ChatCall(
@@ -131,6 +139,7 @@ def validate_chat(
         tool_choice=tool_choice,
         json_mode=json_mode,
         config_version=config.version,
+        step=step,
     )
 
 

@@ -8,6 +8,7 @@ happens after a reservation was granted ends in exactly one commit or release.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from interlock import recording
 from interlock.errors import (
     BudgetExceededError,
     DeadlineExceededError,
@@ -30,6 +32,7 @@ from interlock.pricing import NANOS_PER_USD
 from interlock.services.router.domain.chain import AttemptRecord, ChainError, ChainExecutor, ChainFailure
 from interlock.services.router.domain.chat import ChatCall, input_token_bound, tools_token_bound
 from interlock.services.router.domain.provider import (
+    ChatMessage,
     ChatProvider,
     ProviderRequest,
     ProviderResponse,
@@ -40,9 +43,16 @@ from interlock.services.router.domain.provider import (
     TokenUsage,
     ToolCall,
 )
+from interlock.services.router.domain.redaction import (
+    RedactionRules,
+    input_messages,
+    output_messages,
+    request_params,
+)
 from interlock.services.router.domain.routing import Deployment
 
 log = logging.getLogger("interlock.router.flow")
+_tracer = trace.get_tracer("interlock.router.flow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +115,11 @@ class BudgetPort(Protocol):
         self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None
     ) -> Reservation: ...
 
-    async def commit(self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int) -> None: ...
+    async def commit(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int = 0
+    ) -> None:
+        """Settle the call; `provider_attempts` counts its chain's attempts (retries, fallbacks)."""
+        ...
 
     async def release(self, request_id: str) -> None: ...
 
@@ -113,10 +127,17 @@ class BudgetPort(Protocol):
 class ChatFlow:
     """Runs calls; `providers` is passed per call, from the config snapshot the call is pinned to."""
 
-    def __init__(self, admission: AdmissionPort, budget: BudgetPort, chain: ChainExecutor) -> None:
+    def __init__(
+        self,
+        admission: AdmissionPort,
+        budget: BudgetPort,
+        chain: ChainExecutor,
+        redaction: RedactionRules | None = None,
+    ) -> None:
         self._admission = admission
         self._budget = budget
         self._chain = chain
+        self._redaction = redaction or RedactionRules.parse((), ())
 
     @staticmethod
     def worst_case_nanos(call: ChatCall) -> int:
@@ -142,6 +163,7 @@ class ChatFlow:
             )
         if failure is None and isinstance(reservation, Reservation) and not reservation.granted:
             failure = budget_exceeded(reservation, worst)
+        _record_decisions(admission, reservation, worst)
         if failure is not None:
             if granted:
                 await self._budget.release(call.request_id)
@@ -154,7 +176,8 @@ class ChatFlow:
         return ProviderRequest(
             upstream_model=deployment.upstream_model,
             messages=call.messages,
-            max_tokens=call.max_tokens,
+            # A fallback with a smaller maximum output gets its maximum, not a request it refuses.
+            max_tokens=min(call.max_tokens, deployment.max_output_tokens or call.max_tokens),
             temperature=call.temperature,
             top_p=call.top_p,
             stop=call.stop,
@@ -165,23 +188,43 @@ class ChatFlow:
             timeout_s=timeout_s,
         )
 
-    async def _settle(self, call: ChatCall, deployment: Deployment, usage: TokenUsage) -> int:
+    async def _settle(self, call: ChatCall, deployment: Deployment, usage: TokenUsage, provider_attempts: int) -> int:
         cost = deployment.pricing.cost_nanos(
             usage.input_tokens,
             usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             cache_write_tokens=usage.cache_write_tokens,
         )
-        await self._budget.commit(call, deployment.provider, usage, cost)
+        await self._budget.commit(call, deployment.provider, usage, cost, provider_attempts)
         return cost
 
     async def chat(
         self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
     ) -> ChatResult:
+        _record_request(caller, call, self._redaction)
         admission = await self._admit_and_reserve(caller, call, timeout_s)
+        attempts = 0
 
         async def attempt(deployment: Deployment, time_left_s: float) -> ProviderResponse:
-            return await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
+            nonlocal attempts
+            attempts += 1
+            # One span per provider attempt, parent of the HTTP client span to the provider.
+            with _tracer.start_as_current_span(
+                f"chat {deployment.upstream_model}",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": deployment.provider,
+                    "gen_ai.system": deployment.provider,
+                    "gen_ai.request.model": deployment.upstream_model,
+                    "interlock.attempt": attempts - 1,
+                },
+            ) as span:
+                answer = await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
+                span.set_attribute("gen_ai.response.model", deployment.upstream_model)
+                span.set_attribute("gen_ai.usage.input_tokens", answer.usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", answer.usage.output_tokens)
+                return answer
 
         try:
             done = await self._chain.call(call.route, attempt, timeout_s)
@@ -192,7 +235,17 @@ class ChatFlow:
             raise
         answer = done.value
         _record_attempts(done.attempts)
-        cost = await asyncio.shield(self._settle(call, done.deployment, answer.usage))
+        cost = await asyncio.shield(self._settle(call, done.deployment, answer.usage, len(done.attempts)))
+        _record_answer(
+            call,
+            done.deployment,
+            answer.usage,
+            cost,
+            answer.text,
+            answer.finish_reason,
+            answer.tool_calls,
+            self._redaction,
+        )
         await asyncio.shield(self._admission.record_usage(caller, call, admission, answer.usage))
         return ChatResult(
             call.request_id,
@@ -209,6 +262,7 @@ class ChatFlow:
         self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
     ) -> AsyncIterator[str | StreamToolCallDelta | ChatResult]:
         """Yield text deltas and tool-call pieces, then one ChatResult."""
+        _record_request(caller, call, self._redaction)
         admission = await self._admit_and_reserve(caller, call, timeout_s)
 
         def open_stream(deployment: Deployment, time_left_s: float) -> AsyncIterator[StreamItem]:
@@ -228,8 +282,18 @@ class ChatFlow:
                     settled = True
                     assert chain.deployment is not None
                     _record_attempts(chain.attempts)
-                    cost = await asyncio.shield(self._settle(call, chain.deployment, item.usage))
+                    cost = await asyncio.shield(self._settle(call, chain.deployment, item.usage, len(chain.attempts)))
                     await asyncio.shield(self._admission.record_usage(caller, call, admission, item.usage))
+                    _record_answer(
+                        call,
+                        chain.deployment,
+                        item.usage,
+                        cost,
+                        "".join(parts),
+                        item.finish_reason,
+                        item.tool_calls,
+                        self._redaction,
+                    )
                     yield ChatResult(
                         call.request_id,
                         call.route.name,
@@ -247,7 +311,8 @@ class ChatFlow:
                 # A stream cut after output began is billed by the provider for what it
                 # generated; one that produced nothing is released like a failed call.
                 if parts and chain.deployment is not None:
-                    await asyncio.shield(self._settle(call, chain.deployment, produced_usage(call, parts)))
+                    usage = produced_usage(call, parts)
+                    await asyncio.shield(self._settle(call, chain.deployment, usage, len(exc.attempts)))
                 else:
                     await asyncio.shield(self._budget.release(call.request_id))
             raise chain_error(exc) from exc
@@ -256,7 +321,9 @@ class ChatFlow:
                 # The caller went away mid-stream: settle what was produced so far, not the
                 # worst case (the provider stops generating when the connection closes).
                 if chain.deployment is not None:
-                    await asyncio.shield(self._settle(call, chain.deployment, produced_usage(call, parts)))
+                    # The attempt in progress has no record yet: it is one more than those recorded.
+                    usage = produced_usage(call, parts)
+                    await asyncio.shield(self._settle(call, chain.deployment, usage, len(chain.attempts) + 1))
                 else:
                     await asyncio.shield(self._budget.release(call.request_id))
             raise
@@ -281,6 +348,113 @@ def _record_attempts(attempts: Sequence[AttemptRecord]) -> None:
                 "latency_ms": round(a.latency_s * 1000, 3),
                 "backoff_ms": round(a.waited_s * 1000, 3),
             },
+        )
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _message_digest(m: ChatMessage) -> str:
+    calls = [(c.id, c.name, c.arguments) for c in m.tool_calls]
+    return recording.message_digest(m.role, m.content, calls, m.tool_call_id, m.name)
+
+
+def _record_request(caller: Caller, call: ChatCall, rules: RedactionRules) -> None:
+    """Who made the call, for which run, agent and step, on the current (router) span; and
+    for calls of a run, the redacted request with digests of the unredacted one, for replay."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("gen_ai.operation.name", "chat")
+    span.set_attribute("gen_ai.request.model", call.route.name)
+    span.set_attribute("gen_ai.request.max_tokens", call.max_tokens)
+    if call.temperature is not None:
+        span.set_attribute("gen_ai.request.temperature", call.temperature)
+    span.set_attribute("interlock.org", caller.org)
+    span.set_attribute("interlock.project", caller.project)
+    span.set_attribute("interlock.developer", caller.developer)
+    span.set_attribute("interlock.api_key_id", caller.api_key_id)
+    span.set_attribute("interlock.request_id", call.request_id)
+    span.set_attribute("interlock.config_version", call.config_version)
+    if call.agent:
+        span.set_attribute(recording.AGENT_ATTRIBUTE, call.agent)
+    if call.step:
+        span.set_attribute(recording.STEP_ATTRIBUTE, call.step)
+    if not call.run_id:
+        return
+    span.set_attribute(recording.RUN_ID_ATTRIBUTE, call.run_id)
+    digests = [_message_digest(m) for m in call.messages]
+    span.set_attribute(recording.MESSAGE_DIGESTS_ATTRIBUTE, digests)
+    span.set_attribute(
+        recording.REQUEST_DIGEST_ATTRIBUTE,
+        recording.request_digest(
+            call.route.name,
+            digests,
+            call.max_tokens,
+            [(t.name, t.description, t.parameters) for t in call.tools],
+            call.tool_choice or "",
+            call.temperature,
+        ),
+    )
+    span.set_attribute(recording.INPUT_MESSAGES_ATTRIBUTE, _json(input_messages(call.messages, rules)))
+    params = request_params(
+        max_tokens=call.max_tokens,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        stop=call.stop,
+        tools=call.tools,
+        tool_choice=call.tool_choice,
+        json_mode=call.json_mode,
+        rules=rules,
+    )
+    span.set_attribute(recording.REQUEST_PARAMS_ATTRIBUTE, _json(params))
+
+
+def _record_decisions(admission: object, reservation: object, worst_case_nanos: int) -> None:
+    """The rate-limit and budget decisions on the current span."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    if isinstance(admission, Admission):
+        span.set_attribute("interlock.ratelimit.decision", "allowed" if admission.allowed else "refused")
+        if admission.limit_name:
+            span.set_attribute("interlock.ratelimit.limit", admission.limit_name)
+    elif isinstance(admission, BaseException):
+        span.set_attribute("interlock.ratelimit.decision", "error")
+    if isinstance(reservation, Reservation):
+        span.set_attribute("interlock.budget.decision", "reserved" if reservation.granted else "refused")
+        span.set_attribute("interlock.budget.reserved_nanos", worst_case_nanos if reservation.granted else 0)
+        if reservation.exceeded_scope:
+            span.set_attribute("interlock.budget.scope", reservation.exceeded_scope)
+    elif isinstance(reservation, BaseException):
+        span.set_attribute("interlock.budget.decision", "error")
+
+
+def _record_answer(
+    call: ChatCall,
+    deployment: Deployment,
+    usage: TokenUsage,
+    cost_nanos: int,
+    text: str,
+    finish_reason: str,
+    tool_calls: Sequence[ToolCall],
+    rules: RedactionRules,
+) -> None:
+    """The answer's model, usage and cost (and, for a run, its redacted body) on the current span."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("gen_ai.provider.name", deployment.provider)
+    span.set_attribute("gen_ai.system", deployment.provider)
+    span.set_attribute("gen_ai.response.model", deployment.upstream_model)
+    span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+    span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+    span.set_attribute("interlock.cost_nanos", cost_nanos)
+    if call.run_id:
+        span.set_attribute(
+            recording.OUTPUT_MESSAGES_ATTRIBUTE, _json(output_messages(text, finish_reason, tool_calls, rules))
         )
 
 

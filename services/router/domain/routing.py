@@ -96,6 +96,29 @@ class ProviderConfig:
     """Settings of the wire format, e.g. Azure OpenAI's `deployment` and `api_version`."""
 
 
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""Maximum output assumed for a model whose own is not known; set `max_output_tokens` in the
+routing config to reserve (and allow) a model's real maximum."""
+_KNOWN_MAX_OUTPUT = (
+    # (model id prefix, most output tokens per answer), longest prefix first where they overlap.
+    ("gpt-4o-mini", 16_384),
+    ("gpt-4o", 16_384),
+    ("gpt-4.1", 32_768),
+    ("claude-3-5-haiku", 8_192),
+    ("claude-sonnet-4", 64_000),
+    ("gemini-2.0-flash", 8_192),
+    ("gemini-2.5-flash", 65_536),
+    ("command-r-plus", 4_096),
+    ("command-a-03-2025", 8_192),
+)
+
+
+def known_max_output_tokens(upstream_model: str) -> int | None:
+    """The built-in maximum output of a well-known model id (fault suffixes `@...` ignored)."""
+    model = upstream_model.partition("@")[0]
+    return next((limit for prefix, limit in _KNOWN_MAX_OUTPUT if model.startswith(prefix)), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """One place a model can be served: a provider account and its model id."""
@@ -111,6 +134,8 @@ class Deployment:
     """Longest one attempt on this deployment may take."""
     breaker: BreakerPolicy = _DEFAULT_BREAKER
     """Thresholds of this deployment's circuit breaker (one breaker per `key`)."""
+    max_output_tokens: int | None = None
+    """Most tokens the model writes in one answer, when known (config or built-in table)."""
     key: str = field(init=False, compare=False)
     """`provider/upstream_model`: breakers and throttles are kept per key, across models and config versions."""
 
@@ -158,6 +183,12 @@ class ModelRoute:
             members = tuple(d for d in chain if d.priority == priority)
             tiers.append(Tier(priority, members, cumulative_weights([d.weight for d in members])))
         object.__setattr__(self, "tiers", tuple(tiers))
+
+    @property
+    def max_output_tokens(self) -> int:
+        """What a call that gives no max_tokens may produce: the largest maximum output of the
+        chain (any deployment may serve it), or DEFAULT_MAX_OUTPUT_TOKENS where none is known."""
+        return max(d.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS for d in self.deployments)
 
     def worst_case_cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
         """The dearest deployment's cost: what a budget reservation must hold for any fallback."""
@@ -377,8 +408,17 @@ def _pricing(
 
 
 _PROVIDER_KEYS = ("name", "kind", "base_url", "api_key_env", "timeout_s", "options")
-_DEPLOYMENT_KEYS = ("provider", "upstream_model", "weight", "priority", "timeout_s", "price", "context_window")
-_SINGLE_KEYS = ("provider", "upstream_model", "price", "context_window")
+_DEPLOYMENT_KEYS = (
+    "provider",
+    "upstream_model",
+    "weight",
+    "priority",
+    "timeout_s",
+    "price",
+    "context_window",
+    "max_output_tokens",
+)
+_SINGLE_KEYS = ("provider", "upstream_model", "price", "context_window", "max_output_tokens")
 _MODEL_KEYS = ("name", *_SINGLE_KEYS, "deployments", "retry", "circuit_breaker")
 
 
@@ -504,6 +544,7 @@ def parse_routing_config(
             priority = _integer(d, "priority", dpath, issues, j, 0)
             config = providers.get(provider or "")
             timeout = _positive(d, "timeout_s", dpath, issues, config.timeout_s if config else 60.0)
+            max_output = _integer(d, "max_output_tokens", dpath, issues, 0, 1) if "max_output_tokens" in d else 0
             pricing = None
             if config is not None and upstream is not None:
                 kind = PRICE_PROVIDER.get(config.kind, config.kind)
@@ -520,10 +561,21 @@ def parse_routing_config(
                         f"deployment {key!r} has a different circuit_breaker in {earlier[1]}; a deployment has one"
                         " breaker, so give both models the same thresholds",
                     )
-            if None in (provider, upstream, weight, priority, timeout, pricing):
+            if None in (provider, upstream, weight, priority, timeout, pricing, max_output):
                 continue
             assert provider and upstream and weight and priority is not None and timeout and pricing
-            chain.append(Deployment(provider, upstream, pricing, weight, priority, timeout, breaker))
+            chain.append(
+                Deployment(
+                    provider,
+                    upstream,
+                    pricing,
+                    weight,
+                    priority,
+                    timeout,
+                    breaker,
+                    max_output_tokens=max_output or known_max_output_tokens(upstream),
+                )
+            )
         if name is not None and chain and len(issues.items) == errors_before:
             first = min(chain, key=lambda d: d.priority)  # the first of the lowest tier
             models[name] = ModelRoute(name, first.provider, first.upstream_model, first.pricing, tuple(chain), retry)

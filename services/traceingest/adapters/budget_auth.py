@@ -31,8 +31,11 @@ class BudgetAuthenticator:
     """
 
     def __init__(self, target: str, *, cache_ttl_s: float = 30.0, timeout_s: float = 5.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
-        self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        self._target = target
+        # Made on first use: an aio channel belongs to the event loop it was made in, and
+        # the service is wired before its loop runs.
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: budget_pb2_grpc.BudgetServiceAsyncStub | None = None
         self._ttl = cache_ttl_s
         self._timeout_s = timeout_s
         # Keyed by digest, so the process never holds a table of plaintext keys.
@@ -44,8 +47,12 @@ class BudgetAuthenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+            self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        stub = self._stub
         try:
-            response = await self._stub.AuthenticateApiKey(
+            response = await stub.AuthenticateApiKey(
                 budget_pb2.AuthenticateApiKeyRequest(api_key=api_key), timeout=self._timeout_s
             )
         except grpc.RpcError as exc:
@@ -62,4 +69,5 @@ class BudgetAuthenticator:
         return tenant
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()

@@ -2,8 +2,10 @@
 
 `HttpClickHouse` talks to any ClickHouse server over HTTP with clickhouse-connect;
 `EmbeddedClickHouse` runs the same engine in-process with chdb (the embedded default).
-Both take rows as JSONEachRow bytes and return rows as JSONCompact, so the SQL and the
-row encoding live once, in the store, and behave the same on either engine.
+Both take rows as JSONEachRow bytes or as typed columns, and return rows as JSONCompact,
+so the SQL lives once, in the store, and behaves the same on either engine. Typed columns
+are how the hot path (usage events) inserts: over HTTP they travel in ClickHouse's Native
+format, which costs the client about a fifth of the CPU of JSON and the server less too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -23,6 +26,8 @@ log = logging.getLogger("interlock.traceingest.clickhouse")
 T = TypeVar("T")
 QueryParams = Mapping[str, str | int | list[str]]
 """Query parameters; a list binds to an Array(String) placeholder."""
+Column = tuple[str, str]
+"""A column to insert: (name, ClickHouse type), e.g. ("occurred_at", "DateTime64(3, 'UTC')")."""
 
 
 class ClickHouseError(Exception):
@@ -40,11 +45,45 @@ class ClickHouseClient(Protocol):
     ) -> None:
         """Insert JSONEachRow `payload` into `table` (a qualified name) as one INSERT, with query `settings`."""
 
+    async def insert_columns(
+        self, table: str, columns: Sequence[Column], data: Sequence[Sequence[Any]], settings: QueryParams | None = None
+    ) -> None:
+        """Insert column-oriented `data` (one sequence per column of `columns`, all the same
+        length) into `table` as one INSERT. DateTime64(p) columns take integer ticks of 10**-p s."""
+
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         """Run a query with `{name:Type}` placeholders bound server-side; rows as JSON values."""
 
     async def close(self) -> None:
         """Release the connection or engine."""
+
+
+def format_unix(value: int, digits: int) -> str:
+    """A Unix time in 10**-digits seconds as ClickHouse DateTime64 text, in UTC, exact."""
+    scale = 10**digits
+    seconds, fraction = divmod(max(0, value), scale)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{fraction:0{digits}d}"
+
+
+def _datetime64_digits(type_name: str) -> int | None:
+    """p of a `DateTime64(p[, tz])` type name, else None."""
+    if not type_name.startswith("DateTime64("):
+        return None
+    return int(type_name[len("DateTime64(") :].split(",")[0].split(")")[0])
+
+
+def columns_as_json_rows(columns: Sequence[Column], data: Sequence[Sequence[Any]]) -> bytes:
+    """Typed columns as JSONEachRow bytes (DateTime64 ticks as text), for engines without Native input."""
+    names = [name for name, _ in columns]
+    encoded: list[Sequence[Any]] = []
+    for (_, type_name), values in zip(columns, data, strict=True):
+        digits = _datetime64_digits(type_name)
+        encoded.append(values if digits is None else [format_unix(v, digits) for v in values])
+    return b"".join(
+        json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False).encode() + b"\n"
+        for row in zip(*encoded, strict=True)
+    )
 
 
 def _rows_from_json_compact(raw: bytes | str) -> list[list[Any]]:
@@ -140,6 +179,22 @@ class HttpClickHouse:
             ),
         )
 
+    async def insert_columns(
+        self, table: str, columns: Sequence[Column], data: Sequence[Sequence[Any]], settings: QueryParams | None = None
+    ) -> None:
+        # With the types given, the driver encodes Native blocks without asking the server first.
+        await self._call(
+            f"insert into {table}",
+            lambda client: client.insert(
+                table,
+                data,
+                column_names=[name for name, _ in columns],
+                column_type_names=[type_name for _, type_name in columns],
+                column_oriented=True,
+                settings=dict(settings or {}),
+            ),
+        )
+
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         raw = await self._call(
             "query", lambda client: client.raw_query(sql, parameters=dict(params), fmt="JSONCompact")
@@ -202,6 +257,11 @@ class EmbeddedClickHouse:
                 inserter.finish()
 
         await self._call(f"insert into {table}", work)
+
+    async def insert_columns(
+        self, table: str, columns: Sequence[Column], data: Sequence[Sequence[Any]], settings: QueryParams | None = None
+    ) -> None:
+        await self.insert_json_rows(table, [name for name, _ in columns], columns_as_json_rows(columns, data), settings)
 
     async def select(self, sql: str, params: QueryParams) -> list[list[Any]]:
         def work(session: Any) -> bytes:

@@ -22,12 +22,18 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, ClickHouseError, QueryParams
+from interlock.services.traceingest.adapters.clickhouse import (
+    ClickHouseClient,
+    ClickHouseError,
+    Column,
+    QueryParams,
+    format_unix,
+)
 from interlock.services.traceingest.adapters.migrations import MigrationRunner
 from interlock.services.traceingest.domain import CostQuery, CostRow, Dimension, SpanRecord, UsageRecord
+from interlock.services.traceingest.domain.runs import RunCall, RunSummary, run_call_from_span, without_bodies
 
 log = logging.getLogger("interlock.traceingest.store")
 
@@ -35,6 +41,7 @@ USAGE_TABLE = "usage_events"
 SPANS_TABLE = "spans"
 HOURLY_TABLE = "usage_hourly"
 REPRICES_TABLE = "usage_reprices"
+RUN_CALLS_TABLE = "run_calls"
 _PRESENCE_CHUNK = 2000
 """Event ids asked about per presence query (they travel as one query parameter)."""
 
@@ -63,7 +70,34 @@ USAGE_COLUMNS = (
     "latency_ms",
     "attempt",
     "schema_version",
+    "provider_attempts",
+    "request_id",
 )
+_USAGE_TYPES = {
+    "org": "LowCardinality(String)",
+    "provider": "LowCardinality(String)",
+    "model": "LowCardinality(String)",
+    "status": "LowCardinality(String)",
+    "occurred_at": "DateTime64(3, 'UTC')",
+    "attempt": "UInt32",
+    "schema_version": "UInt8",
+    "provider_attempts": "UInt32",
+}
+_USAGE_INT_COLUMNS = {
+    "input_tokens",
+    "output_tokens",
+    "cost_nanos",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cache_write_tokens",
+    "latency_ms",
+}
+USAGE_INSERT_COLUMNS: tuple[Column, ...] = tuple(
+    (name, _USAGE_TYPES.get(name, "Int64" if name in _USAGE_INT_COLUMNS else "String")) for name in USAGE_COLUMNS
+)
+"""The columns a usage insert writes, with their types in `usage_events` (migrations 001, 002, 006, 007)."""
+_USAGE_FIELDS = tuple("occurred_at_ms" if name == "occurred_at" else name for name in USAGE_COLUMNS)
+"""The UsageRecord attribute each of USAGE_COLUMNS is read from."""
 SPAN_COLUMNS = (
     "trace_id",
     "span_id",
@@ -79,6 +113,32 @@ SPAN_COLUMNS = (
     "attributes",
     "resource_attributes",
 )
+RUN_CALL_COLUMNS = (
+    "run_id",
+    "trace_id",
+    "span_id",
+    "org",
+    "project",
+    "agent",
+    "step",
+    "request_id",
+    "request_model",
+    "response_model",
+    "provider",
+    "request_json",
+    "response_json",
+    "request_digest",
+    "message_digests",
+    "input_tokens",
+    "output_tokens",
+    "cost_nanos",
+    "latency_ms",
+    "status",
+    "error",
+    "config_version",
+    "attempts",
+    "start_time",
+)
 
 
 def check_database_name(name: str) -> str:
@@ -86,14 +146,6 @@ def check_database_name(name: str) -> str:
     if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"database name {name!r} must match {_IDENTIFIER.pattern}")
     return name
-
-
-def format_unix(value: int, digits: int) -> str:
-    """A Unix time in 10**-digits seconds as ClickHouse DateTime64 text, in UTC, exact."""
-    scale = 10**digits
-    seconds, fraction = divmod(max(0, value), scale)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{stamp}.{fraction:0{digits}d}"
 
 
 def _dedup_token(keys: Iterable[tuple[str, str, str]]) -> str:
@@ -153,37 +205,13 @@ class TraceStore:
         fresh = {key: r for key, r in unique.items() if key not in stored}
         if not fresh:
             return 0
-        rows = (
-            {
-                "event_id": r.event_id,
-                "org": r.org,
-                "project": r.project,
-                "developer": r.developer,
-                "api_key_id": r.api_key_id,
-                "provider": r.provider,
-                "model": r.model,
-                "input_tokens": r.input_tokens,
-                "output_tokens": r.output_tokens,
-                "cost_nanos": r.cost_nanos,
-                "status": r.status,
-                "occurred_at": format_unix(r.occurred_at_ms, 3),
-                "trace_id": r.trace_id,
-                "run_id": r.run_id,
-                "agent": r.agent,
-                "cached_input_tokens": r.cached_input_tokens,
-                "reasoning_tokens": r.reasoning_tokens,
-                "cache_write_tokens": r.cache_write_tokens,
-                "config_version": r.config_version,
-                "latency_ms": r.latency_ms,
-                "attempt": r.attempt,
-                "schema_version": r.schema_version,
-            }
-            for r in fresh.values()
-        )
-        await self.client.insert_json_rows(
+        rows = list(fresh.values())
+        # Column-oriented: one list per column, encoded by the client in ClickHouse's Native format.
+        data = [[getattr(r, name) for r in rows] for name in _USAGE_FIELDS]
+        await self.client.insert_columns(
             self._table(USAGE_TABLE),
-            USAGE_COLUMNS,
-            _json_each_row(rows),
+            USAGE_INSERT_COLUMNS,
+            data,
             settings={"insert_deduplication_token": _dedup_token(fresh)},
         )
         return len(fresh)
@@ -194,13 +222,17 @@ class TraceStore:
         for start in range(0, len(records), _PRESENCE_CHUNK):
             chunk = records[start : start + _PRESENCE_CHUNK]
             # Copies of an event carry its occurred_at, so the time range prunes partitions.
+            # org, project and event_id together are the table's sorting key: the key index
+            # finds the granules of these ids without reading the rest of their projects.
             sql = (
                 f"SELECT org, project, event_id FROM {self._table(USAGE_TABLE)}"
-                " WHERE project IN {projects:Array(String)} AND event_id IN {ids:Array(String)}"
+                " WHERE org IN {orgs:Array(String)} AND project IN {projects:Array(String)}"
+                " AND event_id IN {ids:Array(String)}"
                 " AND occurred_at BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
                 " AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
             )
             params: QueryParams = {
+                "orgs": sorted({r.org for r in chunk}),
                 "projects": sorted({r.project for r in chunk}),
                 "ids": [r.event_id for r in chunk],
                 "lo": max(0, min(r.occurred_at_ms for r in chunk)),
@@ -210,10 +242,15 @@ class TraceStore:
         return found
 
     async def insert_spans(self, spans: Sequence[SpanRecord]) -> None:
-        """Insert `spans` as one INSERT; raises ClickHouseError."""
+        """Insert `spans` as one INSERT, and the run calls they record as another (bodies go to
+        `run_calls` only); raises ClickHouseError. Both tables collapse copies of a retried batch."""
         if not spans:
             return
         await self.ensure_schema()
+        calls = [c for c in map(run_call_from_span, spans) if c is not None]
+        if calls:
+            await self.insert_run_calls(calls)
+        spans = [without_bodies(s) for s in spans]
         rows = (
             {
                 "trace_id": s.trace_id,
@@ -388,6 +425,97 @@ class TraceStore:
             payload,
         )
 
+    async def insert_run_calls(self, calls: Sequence[RunCall]) -> None:
+        rows = (
+            {
+                "run_id": c.run_id,
+                "trace_id": c.trace_id,
+                "span_id": c.span_id,
+                "org": c.org,
+                "project": c.project,
+                "agent": c.agent,
+                "step": c.step,
+                "request_id": c.request_id,
+                "request_model": c.request_model,
+                "response_model": c.response_model,
+                "provider": c.provider,
+                "request_json": c.request_json,
+                "response_json": c.response_json,
+                "request_digest": c.request_digest,
+                "message_digests": list(c.message_digests),
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+                "cost_nanos": c.cost_nanos,
+                "latency_ms": c.latency_ms,
+                "status": c.status,
+                "error": c.error,
+                "config_version": c.config_version,
+                "attempts": c.attempts,
+                "start_time": format_unix(c.start_time_ns, 9),
+            }
+            for c in calls
+        )
+        await self.client.insert_json_rows(self._table(RUN_CALLS_TABLE), RUN_CALL_COLUMNS, _json_each_row(rows))
+
+    @staticmethod
+    def _tenant(org: str, project: str, params: dict[str, str | int | list[str]]) -> str:
+        conditions = []
+        if org:
+            conditions.append("org = {org:String}")
+            params["org"] = org
+        if project:
+            conditions.append("project = {project:String}")
+            params["project"] = project
+        return " AND ".join(conditions) if conditions else "1"
+
+    async def list_runs(self, org: str, project: str, since_ns: int | None, limit: int) -> list[RunSummary]:
+        """Runs with recorded calls (of one org/project when given), newest first."""
+        await self.ensure_schema()
+        params: dict[str, str | int | list[str]] = {}
+        where = self._tenant(org, project, params)
+        if since_ns is not None:
+            where += " AND start_time >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')"
+            params["since"] = since_ns
+        sql = (
+            # A run may span projects (agents holding keys of several); an operator sees it once.
+            "SELECT run_id, arrayStringConcat(arraySort(groupUniqArray(org)), ','),"
+            " arrayStringConcat(arraySort(groupUniqArray(project)), ','),"
+            " groupUniqArray(trace_id), arraySort(groupUniqArray(agent)), count(),"
+            " countIf(status = 'ERROR'), sum(input_tokens), sum(output_tokens), sum(cost_nanos),"
+            " toUnixTimestamp64Nano(min(start_time)),"
+            " max(toUnixTimestamp64Nano(start_time) + toInt64(latency_ms * 1000000)) AS ended"
+            f" FROM {self._table(RUN_CALLS_TABLE)} FINAL WHERE {where}"
+            f" GROUP BY run_id ORDER BY ended DESC LIMIT {min(limit or self.max_rows, self.max_rows):d}"
+        )
+        return [_summary_from_row(row) for row in await self.client.select(sql, params)]
+
+    async def get_run(self, run_id: str, org: str, project: str) -> tuple[list[RunCall], list[SpanRecord]]:
+        """The run's recorded calls (of one org/project when given) and every span of their traces."""
+        await self.ensure_schema()
+        params: dict[str, str | int | list[str]] = {"run_id": run_id}
+        where = self._tenant(org, project, params)
+        sql = (
+            f"SELECT {', '.join(RUN_CALL_COLUMNS[:-1])}, toUnixTimestamp64Nano(start_time)"
+            f" FROM {self._table(RUN_CALLS_TABLE)} FINAL WHERE run_id = {{run_id:String}} AND {where}"
+            f" ORDER BY start_time, span_id LIMIT {self.max_rows:d}"
+        )
+        calls = [_call_from_row(row) for row in await self.client.select(sql, params)]
+        spans: list[SpanRecord] = []
+        for trace_id in sorted({c.trace_id for c in calls}):
+            spans.extend(await self.get_trace(trace_id))
+        return calls, spans
+
+    async def trace_has_calls_of(self, trace_id: str, org: str, project: str) -> bool:
+        """Whether a recorded call or a router span of `org`/`project` belongs to the trace."""
+        await self.ensure_schema()
+        params: QueryParams = {"trace_id": trace_id, "org": org, "project": project}
+        sql = (
+            f"SELECT count() FROM {self._table(SPANS_TABLE)} WHERE trace_id = {{trace_id:String}}"
+            " AND attributes['interlock.org'] = {org:String} AND attributes['interlock.project'] = {project:String}"
+        )
+        rows = await self.client.select(sql, params)
+        return bool(rows) and int(rows[0][0]) > 0
+
     async def get_trace(self, trace_id: str) -> list[SpanRecord]:
         """The spans of one trace, oldest first."""
         await self.ensure_schema()
@@ -427,6 +555,52 @@ def _dimension_sql(dim: Dimension) -> str:
     if dim is Dimension.HOUR:
         return "formatDateTime(toStartOfHour(ts), '%Y-%m-%dT%H:00:00Z', 'UTC')"
     return f"toString({dim.value})"
+
+
+def _summary_from_row(row: Sequence[Any]) -> RunSummary:
+    return RunSummary(
+        run_id=str(row[0]),
+        org=str(row[1]),
+        project=str(row[2]),
+        trace_ids=tuple(sorted(str(t) for t in row[3])),
+        agents=tuple(str(a) for a in row[4] if a),
+        calls=int(row[5]),
+        errors=int(row[6]),
+        input_tokens=int(row[7]),
+        output_tokens=int(row[8]),
+        cost_nanos=int(row[9]),
+        started_at_ns=int(row[10]),
+        ended_at_ns=int(row[11]),
+    )
+
+
+def _call_from_row(row: Sequence[Any]) -> RunCall:
+    return RunCall(
+        run_id=str(row[0]),
+        trace_id=str(row[1]),
+        span_id=str(row[2]),
+        org=str(row[3]),
+        project=str(row[4]),
+        agent=str(row[5]),
+        step=str(row[6]),
+        request_id=str(row[7]),
+        request_model=str(row[8]),
+        response_model=str(row[9]),
+        provider=str(row[10]),
+        request_json=str(row[11]),
+        response_json=str(row[12]),
+        request_digest=str(row[13]),
+        message_digests=tuple(str(d) for d in row[14]),
+        input_tokens=int(row[15]),
+        output_tokens=int(row[16]),
+        cost_nanos=int(row[17]),
+        latency_ms=float(row[18]),
+        status=str(row[19]),
+        error=str(row[20]),
+        config_version=str(row[21]),
+        attempts=int(row[22]),
+        start_time_ns=int(row[23]),
+    )
 
 
 def _span_from_row(row: Sequence[Any]) -> SpanRecord:

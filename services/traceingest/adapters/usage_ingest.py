@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -27,6 +28,9 @@ from interlock.services.traceingest.domain import UsageRecord
 
 log = logging.getLogger("interlock.traceingest.usage")
 _tracer = trace.get_tracer("interlock.services.traceingest")
+_MAX_LINKS = 128
+"""Links an insert span carries to the batch's other processing spans: the SDK's default limit
+(OTEL_SPAN_LINK_COUNT_LIMIT), which drops the rest anyway; building them costs per record."""
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -57,6 +61,17 @@ class InboundRecord:
     """Messaging attributes for the processing span (system, destination, offset...)."""
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Records decoded and traced, waiting to be stored."""
+
+    rows: list[UsageRecord]
+    spans: list[trace.Span]
+    """Open processing spans of `rows`, in the same order; `store_prepared` ends them."""
+    rejected: list[DeadLetter]
+    """Records that can never be stored, for the dead-letter sink."""
+
+
 class UsageIngestor:
     """Decodes usage records and inserts them, retrying while ClickHouse fails."""
 
@@ -84,11 +99,17 @@ class UsageIngestor:
         cannot fix them) are in the dead-letter sink. False when `stop` came first; then
         nothing may be committed, and the records will be delivered again.
         """
+        return await self.store_prepared(self.prepare(records), stop)
+
+    def prepare(self, records: Sequence[InboundRecord]) -> PreparedBatch:
+        """Decode and check `records` and open their processing spans; no I/O, so a consumer
+        can prepare its next batch while the previous one is being stored."""
         spans: list[trace.Span] = []
         rows: list[UsageRecord] = []
         rejected: list[DeadLetter] = []
         for record in records:
-            parent = propagate.extract(record.headers, getter=HEADER_GETTER)
+            # A record without headers has no producer context to extract: skip the propagators.
+            parent = propagate.extract(record.headers, getter=HEADER_GETTER) if record.headers else Context()
             span = self.tracer.start_span(
                 self.process_span_name,
                 context=parent,
@@ -114,6 +135,21 @@ class UsageIngestor:
             span.set_attribute("interlock.usage.event_id", row.event_id)
             spans.append(span)
             rows.append(row)
+        return PreparedBatch(rows, spans, rejected)
+
+    def abandon(self, batch: PreparedBatch | None) -> None:
+        """End the spans of a prepared batch that will not be stored now (it is read again)."""
+        if batch is None:
+            return
+        for span in batch.spans:
+            span.set_status(Status(StatusCode.ERROR, "not stored; will be redelivered"))
+            span.end()
+
+    async def store_prepared(self, batch: PreparedBatch, stop: asyncio.Event) -> bool:
+        """Store a prepared batch; same answer as `ingest`. Batches of one consumer must be
+        stored one after another, in order: the copy check of a batch reads what the batches
+        before it stored."""
+        rows, spans, rejected = batch.rows, batch.spans, batch.rejected
         if rows and not await self._insert(rows, spans, stop):
             return False
         if rejected and self.dead_letters is not None:
@@ -136,7 +172,7 @@ class UsageIngestor:
                 f"clickhouse insert {USAGE_TABLE}",
                 context=trace.set_span_in_context(spans[0]),
                 kind=SpanKind.CLIENT,
-                links=[Link(s.get_span_context()) for s in spans[1:]],
+                links=[Link(s.get_span_context()) for s in spans[1 : 1 + _MAX_LINKS]],
                 attributes={
                     "db.system": "clickhouse",
                     "db.system.name": "clickhouse",

@@ -1,5 +1,8 @@
 """The standard OTLP TraceService/Export: OTLP spans in, SpanRecords to the span writer.
 
+With a Jaeger forwarder, the spans the writer accepted also go to Jaeger, as a redacted
+copy of the request: the same spans, with the same secrets withheld as in ClickHouse.
+
 This handler makes no spans and is not traced by the kit (tracing it would trace the
 export of its own spans, forever).
 """
@@ -11,10 +14,12 @@ import json
 from typing import Any
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from interlock.services.traceingest.adapters.jaeger_forwarder import JaegerForwarder
 from interlock.services.traceingest.adapters.span_writer import SpanWriter
 from interlock.services.traceingest.domain import (
     REDACTED,
@@ -82,6 +87,63 @@ def _status(code: Status.StatusCode.ValueType) -> str:
         return "UNSET"
 
 
+def _redact_value(value: AnyValue) -> None:
+    """Withhold, in place, what `_plain` withholds: credential-looking strings, nested secret keys."""
+    which = value.WhichOneof("value")
+    if which == "string_value" and is_secret_value(value.string_value):
+        value.string_value = REDACTED
+    elif which == "array_value":
+        for item in value.array_value.values:
+            _redact_value(item)
+    elif which == "kvlist_value":
+        _redact_key_values(value.kvlist_value.values)
+
+
+def _redact_key_values(pairs: RepeatedCompositeFieldContainer[KeyValue]) -> None:
+    for kv in pairs:
+        if is_secret_key(kv.key):
+            # The key stays, so a reader sees the attribute existed and was withheld.
+            kv.value.Clear()
+            kv.value.string_value = REDACTED
+        else:
+            _redact_value(kv.value)
+
+
+def _valid_ids(span: Span) -> bool:
+    return len(span.trace_id) == 16 and len(span.span_id) == 8 and len(span.parent_span_id) in (0, 8)
+
+
+def redacted_request(
+    request: trace_service_pb2.ExportTraceServiceRequest,
+) -> tuple[trace_service_pb2.ExportTraceServiceRequest, int]:
+    """A copy of `request` holding the spans ClickHouse gets, with their secrets withheld.
+
+    Attributes of resources, scopes, spans, events and links are redacted, and span
+    status messages; spans with ids of the wrong length are left out. Returns the copy
+    and its span count.
+    """
+    copy = trace_service_pb2.ExportTraceServiceRequest()
+    copy.CopyFrom(request)
+    count = 0
+    for resource_spans in copy.resource_spans:
+        _redact_key_values(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            _redact_key_values(scope_spans.scope.attributes)
+            for index in reversed(range(len(scope_spans.spans))):
+                if not _valid_ids(scope_spans.spans[index]):
+                    del scope_spans.spans[index]
+            for span in scope_spans.spans:
+                _redact_key_values(span.attributes)
+                for event in span.events:
+                    _redact_key_values(event.attributes)
+                for link in span.links:
+                    _redact_key_values(link.attributes)
+                if is_secret_value(span.status.message):
+                    span.status.message = REDACTED
+            count += len(scope_spans.spans)
+    return copy, count
+
+
 def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> tuple[list[SpanRecord], int]:
     """The request's spans as records, and how many were rejected (ids of the wrong length)."""
     records: list[SpanRecord] = []
@@ -92,7 +154,7 @@ def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> 
         for scope_spans in resource_spans.scope_spans:
             scope_name = scope_spans.scope.name
             for span in scope_spans.spans:
-                if len(span.trace_id) != 16 or len(span.span_id) != 8 or len(span.parent_span_id) not in (0, 8):
+                if not _valid_ids(span):
                     rejected += 1
                     continue
                 records.append(
@@ -106,7 +168,7 @@ def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> 
                         start_time_ns=span.start_time_unix_nano,
                         end_time_ns=span.end_time_unix_nano,
                         status_code=_status(span.status.code),
-                        status_message=span.status.message,
+                        status_message=REDACTED if is_secret_value(span.status.message) else span.status.message,
                         scope_name=scope_name,
                         attributes=render_attributes(span.attributes),
                         resource_attributes=resource,
@@ -116,10 +178,11 @@ def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> 
 
 
 class OtlpTraceServicer:
-    """TraceService/Export into the span writer."""
+    """TraceService/Export into the span writer, and to Jaeger when a forwarder is given."""
 
-    def __init__(self, writer: SpanWriter) -> None:
+    def __init__(self, writer: SpanWriter, jaeger: JaegerForwarder | None = None) -> None:
         self.writer = writer
+        self.jaeger = jaeger
 
     async def Export(
         self,
@@ -130,6 +193,9 @@ class OtlpTraceServicer:
         if not self.writer.offer(records):
             # UNAVAILABLE is retryable for OTLP exporters: they back off and send again.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "span buffer is full; retry later")
+        if self.jaeger is not None and records:
+            # Only spans ClickHouse took: a refused Export is sent again, and would repeat in Jaeger.
+            self.jaeger.offer(*redacted_request(request))
         response = trace_service_pb2.ExportTraceServiceResponse()
         if rejected:
             response.partial_success.rejected_spans = rejected

@@ -32,6 +32,9 @@ def usage_record_from_event(event: UsageEvent) -> UsageRecord:
         attempt=event.attempt,
         # Producers before versioning leave it unset: they wrote layout 1.
         schema_version=event.schema_version or 1,
+        provider_attempts=event.provider_attempts,
+        # Producers before request ids used them as event ids.
+        request_id=event.request_id or event.event_id,
     )
 
 

@@ -35,7 +35,11 @@ _SECRET_LAST_PARTS = ("token", "auth", "signature")
 # Public identifiers named after a secret (the API key's public id) are not secrets.
 _PUBLIC_SUFFIXES = ("_id", "_ids")
 # A value that carries a credential whatever its key says: auth schemes and provider key shapes.
-_SECRET_VALUE = re.compile(r"(?i)^\s*bearer\s+\S|^\s*basic\s+[A-Za-z0-9+/=]{8,}\s*$|\bsk-[A-Za-z0-9_\-]{16,}")
+# Interlock keys (`il_<16 hex>_<secret>`) are caught too, though the router never records them.
+_SECRET_VALUE = re.compile(
+    r"(?i)^\s*bearer\s+\S|^\s*basic\s+[A-Za-z0-9+/=]{8,}\s*$|\bsk-[A-Za-z0-9_\-]{16,}"
+    r"|\bil_[0-9a-f]{16}_[A-Za-z0-9_\-]{16,}"
+)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class UsageRecord:
     latency_ms: int = 0
     attempt: int = 0
     schema_version: int = 1
+    provider_attempts: int = 0
+    request_id: str = ""
 
     def problems(self) -> list[str]:
         """Why this record cannot be stored (it would collapse with others or corrupt sums)."""

@@ -1,0 +1,271 @@
+"""Budget leases held by the router, and batched commits to the budget service.
+
+A lease is a prepaid slice of every budget above one principal (org, project, developer,
+API key). The budget service counts what a lease holds as reserved spend, so the total
+leased never exceeds what remains. The router reserves a call's worst case against its
+lease in memory (no round trip), commits the actual cost with the lease's id, and gives
+back what it does not use: when a call does not fit, when the lease goes idle, and before
+the lease expires. A call that does not fit a lease after one attempt to grow it falls
+back to an exact reservation of its own, so a nearly spent budget is still used up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from interlock.budget.v1 import budget_pb2
+from interlock.services.router.domain.flow import Caller
+
+log = logging.getLogger("interlock.router.budget")
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """How the router uses leases; `slice_nanos` 0 turns them off."""
+
+    slice_nanos: int = 0
+    """What a lease asks for beyond the call that needs it."""
+    ttl_s: float = 30.0
+    """Life of a lease on the budget service; renewed while in use."""
+    idle_s: float = 2.0
+    """A lease unused this long with no call in flight is given back."""
+
+
+@dataclass(slots=True)
+class Lease:
+    """The router's view of one lease. Money: granted = in flight + consumed + available."""
+
+    lease_id: str
+    caller: Caller
+    granted: int = 0
+    """Net nanos the budget service granted (as of the last change the router made)."""
+    inflight: int = 0
+    """Worst cases of calls reserved against the lease and not yet settled."""
+    consumed: int = 0
+    """Actual costs of calls settled under the lease."""
+    seq: int = 0
+    usable_until: float = 0.0
+    """Monotonic time after which no new call is reserved against it (well before expiry)."""
+    expires_at: float = 0.0
+    """Monotonic time the budget service frees it unless renewed."""
+    last_used: float = 0.0
+    closed: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def available(self) -> int:
+        return self.granted - self.inflight - self.consumed
+
+    def usable(self, now: float) -> bool:
+        return not self.closed and now < self.usable_until
+
+
+def principal_pb(caller: Caller) -> budget_pb2.Principal:
+    return budget_pb2.Principal(
+        org=caller.org, project=caller.project, developer=caller.developer, api_key_id=caller.api_key_id
+    )
+
+
+LeaseRpc = Callable[[budget_pb2.LeaseRequest, float], Awaitable[budget_pb2.LeaseResponse]]
+
+
+class LeaseBook:
+    """The router's leases, one per principal, with the calls reserved against them."""
+
+    def __init__(self, policy: LeasePolicy, rpc: LeaseRpc, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self._rpc = rpc
+        self._clock = clock
+        self._leases: dict[Caller, Lease] = {}
+        self._held: dict[str, tuple[Lease, int]] = {}
+        self._upkeep: asyncio.Task[None] | None = None
+        self.local_reservations = 0
+        """Calls reserved against a lease without a round trip."""
+
+    def take(self, request_id: str, caller: Caller, amount: int) -> bool:
+        """Reserve against the caller's lease in memory; False when it has no room."""
+        lease = self._leases.get(caller)
+        now = self._clock()
+        if lease is None or not lease.usable(now) or lease.available < amount:
+            return False
+        self._hold(lease, request_id, amount, now)
+        return True
+
+    def _hold(self, lease: Lease, request_id: str, amount: int, now: float) -> None:
+        lease.inflight += amount
+        lease.last_used = now
+        self._held[request_id] = (lease, amount)
+        self.local_reservations += 1
+
+    async def grow_and_take(self, request_id: str, caller: Caller, amount: int, timeout_s: float) -> bool:
+        """Grow the caller's lease for this call (one round trip, shared by concurrent callers).
+
+        When even then the call does not fit, what the lease has unused goes back to the
+        budgets, so an exact reservation (by this router or another) can use it."""
+        self._ensure_upkeep()
+        lease = self._leases.get(caller)
+        # A lease past its usable time is replaced (its calls in flight still commit under it);
+        # one not opened yet is being opened by a concurrent call: wait for that.
+        if lease is None or lease.closed or (lease.expires_at > 0 and self._clock() >= lease.usable_until):
+            lease = self._leases[caller] = Lease(f"lease-{uuid.uuid4().hex}", caller)
+        async with lease.lock:
+            now = self._clock()
+            if lease.usable(now) and lease.available >= amount:
+                self._hold(lease, request_id, amount, now)
+                return True
+            if not lease.closed:
+                await self._change(lease, timeout_s, grow=self.policy.slice_nanos + amount)
+            now = self._clock()
+            if lease.usable(now) and lease.available >= amount:
+                self._hold(lease, request_id, amount, now)
+                return True
+            if lease.available > 0 and not lease.closed:
+                await self._change(lease, timeout_s, give_back=lease.available)
+            return False
+
+    def settle(self, request_id: str, cost_nanos: int | None) -> str:
+        """The call's lease id ("" when it reserved on its own); cost None for a release."""
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return ""
+        lease, amount = held
+        lease.inflight -= amount
+        if cost_nanos is not None:
+            lease.consumed += cost_nanos
+        return lease.lease_id
+
+    async def _change(
+        self, lease: Lease, timeout_s: float, grow: int = 0, give_back: int = 0, close: bool = False
+    ) -> None:
+        """One change of a lease on the budget service; caller holds lease.lock."""
+        lease.seq += 1
+        request = budget_pb2.LeaseRequest(
+            lease_id=lease.lease_id,
+            principal=principal_pb(lease.caller),
+            seq=lease.seq,
+            grow_nanos=grow,
+            return_nanos=max(0, give_back),
+            ttl_seconds=max(1, round(self.policy.ttl_s)),
+            close=close,
+        )
+        sent = self._clock()
+        response = await self._rpc(request, timeout_s)
+        # Granted net of what was given back; consumption is the router's own count (commits
+        # in flight are not yet in the service's figure).
+        lease.granted = response.granted_nanos
+        if close:
+            lease.closed = True
+            return
+        # Expiry counted from when the change was sent: never later than the service's.
+        lease.expires_at = sent + self.policy.ttl_s
+        lease.usable_until = sent + self.policy.ttl_s / 2
+
+    def _ensure_upkeep(self) -> None:
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
+
+    async def _upkeep_loop(self) -> None:
+        """Renew leases in use, give back idle ones; runs while the router has leases."""
+        interval = max(0.05, min(self.policy.idle_s, self.policy.ttl_s / 4) / 2)
+        while self._leases:
+            await asyncio.sleep(interval)
+            for caller, lease in list(self._leases.items()):
+                try:
+                    await self._tend(caller, lease)
+                except Exception as exc:  # noqa: BLE001 - the next round retries; expiry is the backstop
+                    log.warning("budget lease upkeep failed", extra={"fields": {"error": str(exc)}})
+
+    async def _tend(self, caller: Caller, lease: Lease) -> None:
+        now = self._clock()
+        if lease.closed:
+            if lease.inflight == 0 and self._leases.get(caller) is lease:
+                del self._leases[caller]
+            return
+        if lease.inflight == 0 and now - lease.last_used >= self.policy.idle_s:
+            async with lease.lock:
+                if lease.inflight == 0 and not lease.closed:
+                    await self._change(lease, 5.0, close=True)
+            return
+        if now >= lease.usable_until - self.policy.ttl_s / 4:
+            # Renew before new calls would stop using it, and keep calls in flight covered.
+            async with lease.lock:
+                if not lease.closed:
+                    await self._change(lease, 5.0)
+
+    async def close_all(self) -> None:
+        """Give back every lease (graceful stop); what is in flight still commits."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+        for lease in list(self._leases.values()):
+            if lease.closed:
+                continue
+            async with lease.lock:
+                try:
+                    if lease.inflight:
+                        # Calls still in flight keep their hold (it expires with the lease).
+                        await self._change(lease, 5.0, give_back=max(0, lease.available))
+                    else:
+                        await self._change(lease, 5.0, close=True)
+                except Exception as exc:  # noqa: BLE001 - the service frees it at expiry
+                    log.warning("budget lease close failed", extra={"fields": {"error": str(exc)}})
+        self._leases.clear()
+
+
+class CommitBatcher:
+    """Sends commits as they come, batching those that queue while a batch is in flight.
+
+    One call alone goes out at once (no added latency); under load, many commits share one
+    round trip and one ledger transaction.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[budget_pb2.CommitRequest]], Awaitable[list[budget_pb2.CommitResponse]]],
+        max_batch: int = 256,
+    ) -> None:
+        self._send = send
+        self._max = max_batch
+        self._queue: list[tuple[budget_pb2.CommitRequest, asyncio.Future[budget_pb2.CommitResponse]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def commit(self, request: budget_pb2.CommitRequest) -> budget_pb2.CommitResponse:
+        future: asyncio.Future[budget_pb2.CommitResponse] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+            try:
+                results = await self._send([r for r, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each waiting caller gets its own outcome
+                if len(batch) == 1:
+                    self._resolve(batch[0][1], exc)
+                    continue
+                # One bad commit fails its batch: settle the rest one by one.
+                for request, future in batch:
+                    try:
+                        self._resolve(future, (await self._send([request]))[0])
+                    except Exception as one_exc:  # noqa: BLE001
+                        self._resolve(future, one_exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                self._resolve(future, result)
+
+    @staticmethod
+    def _resolve(
+        future: asyncio.Future[budget_pb2.CommitResponse], outcome: budget_pb2.CommitResponse | Exception
+    ) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -1,0 +1,75 @@
+"""The pure parts of the `make bench` harness (bench/): its configs are valid Interlock configs,
+and its statistics and verdicts say what docs/BENCHMARKS.md claims they say."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from bench.gateways import LIMITS_YAML, MODELS, routing_yaml
+from bench.report import BEGIN, END, render_table, target_verdicts
+from bench.stats import PathAtRate, Round, add_baseline, highest_sustained, merge, percentile
+from interlock.services.ratelimit.domain.limits import parse_limit_config
+from interlock.services.router.domain.routing import parse_routing_config
+
+
+def test_routing_points_each_bench_model_at_its_upstream_path() -> None:
+    config = parse_routing_config(yaml.safe_load(routing_yaml("http://127.0.0.1:9")), "v")
+    assert set(config.models) == set(MODELS)
+    assert config.providers["bench-unary"].base_url == "http://127.0.0.1:9/unary/v1"
+    assert config.providers["bench-stream"].base_url == "http://127.0.0.1:9/stream/v1"
+
+
+def test_limits_give_every_descriptor_the_router_sends_a_rule() -> None:
+    config = parse_limit_config([yaml.safe_load(LIMITS_YAML)])
+    api_key, project = ("api_key", "k1"), ("project", "default/bench")
+    for entries in ((api_key,), (project,), (("provider", "p"), ("model", "m"))):
+        assert config.find("interlock", entries), entries
+    for entries in ((api_key,), (project,)):
+        assert config.find("interlock", (("usage", "tokens"), *entries)), entries
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3
+    assert math.isnan(percentile([], 50))
+
+
+def _round(path: str, rate: float, latencies: list[float], errors: int = 0) -> Round:
+    return Round(path, rate, 0, 10.0, len(latencies), errors, {"boom": errors} if errors else {}, 10.0, latencies)
+
+
+def test_added_latency_and_highest_sustained_rate() -> None:
+    rows: list[PathAtRate] = []
+    for rate, extra in ((50.0, 1.0), (100.0, 4.0), (200.0, 30.0)):
+        n = int(rate * 10)
+        direct = merge([_round("direct", rate, [2.0] * n)])
+        through = merge([_round("interlock-grpc", rate, [2.0 + extra] * n)])
+        add_baseline(through, direct)
+        rows += [direct, through]
+    assert [r.added_p99_ms for r in rows if r.path == "interlock-grpc"] == [1.0, 4.0, 30.0]
+    assert highest_sustained(rows, "interlock-grpc") == 100.0
+    verdicts = {v["target"]: v for v in target_verdicts(rows, {"interlock-grpc": 100.0})}
+    assert verdicts["interlock-grpc: p50 added <= 1 ms at 100/s"]["met"] is False
+    assert verdicts["interlock-grpc: p99 added <= 5 ms at 1,000/s"]["measured"] == "1,000/s not in this run"
+    table = render_table(rows, {"sustained": {"interlock-grpc": 100.0}, "targets": list(verdicts.values())})
+    assert "| interlock-grpc | 100/s | 200/s | 200/s |" in table  # sustained, carried, driven up to
+
+
+def test_errors_above_one_percent_are_not_sustained() -> None:
+    direct = merge([_round("direct", 50.0, [1.0] * 500)])
+    through = merge([_round("litellm-http", 50.0, [1.5] * 490, errors=10)])
+    add_baseline(through, direct)
+    assert through.error_rate == 0.02
+    assert not through.sustained()
+
+
+def test_generated_doc_section_is_delimited() -> None:
+    # write_docs replaces only what lies between these markers.
+    text = Path(__file__).resolve().parents[2].joinpath("docs", "BENCHMARKS.md").read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.index(BEGIN) < text.index(END)
