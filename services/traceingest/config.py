@@ -54,8 +54,10 @@ class TraceIngestSettings:
     kafka_receive_spans: bool = True
     """Keep the aiokafka instrumentation's receive span per usage record; off saves about 40% of
     trace-ingest's CPU per event, and every record keeps its processing span (docs/BENCHMARKS.md)."""
-    spool_poll_interval_s: float = 0.1
-    """How often an idle spool is polled for new events."""
+    spool_poll_interval_s: float = 0.5
+    """How often the spool is read while it holds less than a full batch: an event waits at most
+    this long, and one INSERT stores what arrived meanwhile (each INSERT costs the embedded
+    ClickHouse engine milliseconds of CPU, whatever its size)."""
     span_batch_size: int = 1000
     """Spans written with one INSERT; a full batch is written at once."""
     span_flush_interval_s: float = 0.2

@@ -68,6 +68,10 @@ class SpoolUsageConsumer:
                 await self.spool.commit(self.group, records[-1].offset)
                 await self.spool.prune()
                 failures = 0
+                if len(records) < self.max_records:
+                    # A short batch means the spool is drained: let events gather for one
+                    # interval, so a steady trickle is stored in a few INSERTs, not one per event.
+                    await sleep_unless(self._stop, self.poll_interval_s)
             except Exception as exc:  # noqa: BLE001 - nothing was committed; the batch is read again
                 failures += 1
                 log.error("usage batch failed; reading it again", exc_info=exc, extra={"fields": {"attempt": failures}})
