@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from provider_cases import MESSAGES, collect, request_factory
 
 from interlock.services.fakeprovider import serve_fake_provider
 from interlock.services.router.adapters.cohere import CohereProvider
@@ -16,7 +17,6 @@ from interlock.services.router.domain.provider import (
     ChatProvider,
     ProviderError,
     ProviderErrorKind,
-    ProviderRequest,
     StreamDelta,
     StreamEnd,
     StreamItem,
@@ -29,23 +29,10 @@ from interlock.services.router.domain.provider import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 API_KEY = "co-interlock-test-0123456789abcdef"
-MESSAGES = (
-    ChatMessage("system", "Be brief."),
-    ChatMessage("user", "Name three primary colours, please."),
-)
 TOOLS = (ToolSpec("lookup", "Look a thing up.", {"type": "object", "properties": {"query": {"type": "string"}}}),)
 
 
-def make_request(model: str = "command-fake", **overrides: object) -> ProviderRequest:
-    fields: dict[str, object] = {
-        "upstream_model": model,
-        "messages": MESSAGES,
-        "max_tokens": 64,
-        "request_id": "req-123",
-        "timeout_s": 5.0,
-    }
-    fields.update(overrides)
-    return ProviderRequest(**fields)  # type: ignore[arg-type]
+make_request = request_factory("command-fake")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -59,10 +46,6 @@ async def provider(base_url: str) -> AsyncIterator[CohereProvider]:
     adapter = CohereProvider(name="cohere-main", base_url=base_url, api_key=API_KEY)
     yield adapter
     await adapter.aclose()
-
-
-async def collect(provider: CohereProvider, request: ProviderRequest) -> list[StreamItem]:
-    return [item async for item in provider.stream(request)]
 
 
 async def test_is_a_chat_provider() -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from genai_prices import Usage, calc_price
+from provider_cases import collect, request_factory
 
 from interlock.pricing import ModelPricing, usd_to_nanos
 from interlock.services.fakeprovider import serve_fake_provider
@@ -17,7 +18,6 @@ from interlock.services.router.domain.provider import (
     ChatProvider,
     ProviderError,
     ProviderErrorKind,
-    ProviderRequest,
     StreamDelta,
     StreamEnd,
     StreamItem,
@@ -30,10 +30,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 API_KEY = "AIza-interlock-test-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
-MESSAGES = (
-    ChatMessage("system", "Be brief."),
-    ChatMessage("user", "Name three primary colours, please."),
-)
 WEATHER = ToolSpec(
     name="get_weather",
     description="Current weather of a city.",
@@ -41,16 +37,7 @@ WEATHER = ToolSpec(
 )
 
 
-def make_request(model: str = MODEL, **overrides: object) -> ProviderRequest:
-    fields: dict[str, object] = {
-        "upstream_model": model,
-        "messages": MESSAGES,
-        "max_tokens": 64,
-        "request_id": "req-123",
-        "timeout_s": 5.0,
-    }
-    fields.update(overrides)
-    return ProviderRequest(**fields)  # type: ignore[arg-type]
+make_request = request_factory(MODEL)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -64,10 +51,6 @@ async def provider(base_url: str) -> AsyncIterator[GeminiProvider]:
     adapter = GeminiProvider(base_url=base_url, api_key=API_KEY)
     yield adapter
     await adapter.aclose()
-
-
-async def collect(provider: GeminiProvider, request: ProviderRequest) -> list[StreamItem]:
-    return [item async for item in provider.stream(request)]
 
 
 async def test_is_a_chat_provider() -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from provider_cases import collect, request_factory
 
 from interlock.services.fakeprovider import serve_fake_provider
 from interlock.services.router.adapters.mistral import MistralProvider
@@ -15,7 +16,6 @@ from interlock.services.router.domain.provider import (
     ChatProvider,
     ProviderError,
     ProviderErrorKind,
-    ProviderRequest,
     StreamDelta,
     StreamEnd,
     StreamItem,
@@ -28,10 +28,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 API_KEY = "mst-interlock-test-0123456789abcdef"
 MODEL = "mistral-small-latest"
-MESSAGES = (
-    ChatMessage("system", "Be brief."),
-    ChatMessage("user", "Name three primary colours, please."),
-)
 WEATHER = ToolSpec(
     name="get_weather",
     description="Current weather of a city.",
@@ -39,16 +35,7 @@ WEATHER = ToolSpec(
 )
 
 
-def make_request(model: str = MODEL, **overrides: object) -> ProviderRequest:
-    fields: dict[str, object] = {
-        "upstream_model": model,
-        "messages": MESSAGES,
-        "max_tokens": 64,
-        "request_id": "req-123",
-        "timeout_s": 5.0,
-    }
-    fields.update(overrides)
-    return ProviderRequest(**fields)  # type: ignore[arg-type]
+make_request = request_factory(MODEL)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -62,10 +49,6 @@ async def provider(base_url: str) -> AsyncIterator[MistralProvider]:
     adapter = MistralProvider(base_url=base_url, api_key=API_KEY)
     yield adapter
     await adapter.aclose()
-
-
-async def collect(provider: MistralProvider, request: ProviderRequest) -> list[StreamItem]:
-    return [item async for item in provider.stream(request)]
 
 
 async def test_is_a_chat_provider() -> None:
