@@ -9,10 +9,12 @@ progress on stderr:
    not travel through Kafka: they are the volume the queries and the consumer's copy checks
    run against;
 2. stream: `--stream-events` UsageEvents produced to Kafka as budget does (key org/project,
-   idempotent, acks=all, a W3C traceparent header; `--sampled` of them sampled) while
-   trace-ingest is down, then trace-ingest (a child process) is started and drains that
-   backlog into ClickHouse. Ingest rate = events / (first row stored -> last row stored),
-   and trace-ingest's CPU per event, read from /proc (robust on a shared machine);
+   idempotent, acks=all, a W3C traceparent header) while trace-ingest is down, then
+   trace-ingest (a child process) is started and drains that backlog into ClickHouse. One
+   backlog per share in `--sampled` (default: every trace sampled, then 1% as the mesh
+   samples in production), each drained by a fresh trace-ingest. Ingest rate = events /
+   (first row stored -> last row stored), and trace-ingest's CPU per event, read from
+   /proc (robust on a shared machine);
 3. freshness: `--fresh-events` more at `--rate` events/s into the running trace-ingest;
    freshness = p95 of (row's ingested_at - event's occurred_at, stamped when the request
    was done);
@@ -253,6 +255,37 @@ def _wait_for(client: Any, agent: str, events: int, ingest: subprocess.Popen[byt
         time.sleep(0.05)
 
 
+def _start_ingest(work: Path, bootstrap: str, url: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "INTERLOCK_TRACEINGEST_PORT": str(free_port()),
+        "INTERLOCK_TRACEINGEST_KAFKA_BOOTSTRAP": bootstrap,
+        "INTERLOCK_TRACEINGEST_CLICKHOUSE_URL": url,
+        "INTERLOCK_TRACEINGEST_USAGE_BATCH_SIZE": str(args.batch),
+        "INTERLOCK_TRACEINGEST_BUDGET_TARGET": "",
+        "INTERLOCK_TRACEINGEST_LOG_LEVEL": "warning",
+        "INTERLOCK_TRACEINGEST_KAFKA_RECEIVE_SPANS": "false" if args.no_receive_spans else "true",
+    }
+    with (work / "trace-ingest.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "interlock.services.traceingest"], env=env, stderr=log)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _shares(text: str) -> list[float]:
+    shares = [float(part) for part in text.split(",") if part.strip()]
+    if not shares or any(not 0.0 <= share <= 1.0 for share in shares):
+        raise argparse.ArgumentTypeError(f"expected shares between 0 and 1, comma-separated; got {text!r}")
+    return shares
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="interlock-bench-ingest-"))
     kafka = None if args.kafka else KafkaBroker(work / "kafka", partitions=args.partitions)
@@ -281,25 +314,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Agents named per run: the counts below see only this run's events on a reused server.
         tag = os.urandom(3).hex()
-        stream_agent, fresh_agent = f"bench-stream-{tag}", f"bench-fresh-{tag}"
-        produce_s = asyncio.run(_produce_backlog(bootstrap, args.stream_events, args.sampled, stream_agent))
-        _progress(f"stream: {args.stream_events:,} events in Kafka ({args.stream_events / produce_s:,.0f}/s produced)")
-        env = {
-            **os.environ,
-            "INTERLOCK_TRACEINGEST_PORT": str(free_port()),
-            "INTERLOCK_TRACEINGEST_KAFKA_BOOTSTRAP": bootstrap,
-            "INTERLOCK_TRACEINGEST_CLICKHOUSE_URL": url,
-            "INTERLOCK_TRACEINGEST_USAGE_BATCH_SIZE": str(args.batch),
-            "INTERLOCK_TRACEINGEST_BUDGET_TARGET": "",
-            "INTERLOCK_TRACEINGEST_LOG_LEVEL": "warning",
-            "INTERLOCK_TRACEINGEST_KAFKA_RECEIVE_SPANS": "false" if args.no_receive_spans else "true",
-        }
-        with (work / "trace-ingest.log").open("ab") as log:
-            ingest = subprocess.Popen([sys.executable, "-m", "interlock.services.traceingest"], env=env, stderr=log)
-        drain = _wait_for(client, stream_agent, args.stream_events, ingest)
-
+        streams = []
+        for n, share in enumerate(args.sampled):
+            stream_agent = f"bench-stream-{tag}-{n}"
+            produce_s = asyncio.run(_produce_backlog(bootstrap, args.stream_events, share, stream_agent))
+            _progress(
+                f"stream: {args.stream_events:,} events in Kafka ({share:.0%} traced,"
+                f" {args.stream_events / produce_s:,.0f}/s produced)"
+            )
+            if ingest is not None:  # a fresh trace-ingest for each backlog: its CPU counts only this share
+                _stop(ingest)
+            ingest = _start_ingest(work, bootstrap, url, args)
+            drain = _wait_for(client, stream_agent, args.stream_events, ingest)
+            streams.append(
+                {
+                    "sampled_share": share,
+                    "events": args.stream_events,
+                    "produce_events_per_s": round(args.stream_events / produce_s),
+                    "ingest_events_per_s": round(drain["rows"] / drain["seconds"]) if drain["seconds"] else 0,
+                    "ingest_cpu_us_per_event": round(1e6 * drain["cpu_s"] / drain["rows"], 1),
+                }
+            )
+            _progress(f"stream: {streams[-1]['ingest_events_per_s']:,} events/s stored")
+        assert ingest is not None
+        fresh_agent = f"bench-fresh-{tag}"
         _progress(f"freshness: {args.fresh_events:,} events at {args.rate:,.0f}/s")
-        asyncio.run(_produce_paced(bootstrap, args.fresh_events, args.rate, args.sampled, fresh_agent))
+        asyncio.run(_produce_paced(bootstrap, args.fresh_events, args.rate, args.sampled[-1], fresh_agent))
         _wait_for(client, fresh_agent, args.fresh_events, ingest)
         fresh = client.query(
             "SELECT quantile(0.5)(d), quantile(0.95)(d), max(d) FROM (SELECT"
@@ -321,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         total_rows = int(client.query(f"SELECT count() FROM {DB}.usage_events").result_rows[0][0])
         bulk_rate = args.rows / bulk_s if args.rows else 0.0
-        ingest_rate = drain["rows"] / drain["seconds"] if drain["seconds"] else 0.0
+        ingest_rate = min(stream["ingest_events_per_s"] for stream in streams)
         full = 100_000_000
         return {
             "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}",
@@ -329,15 +369,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rows_loaded": total_rows,
             "bulk_rows": args.rows,
             "bulk_rows_per_s": round(bulk_rate),
-            "stream_events": args.stream_events,
-            "stream_sampled_share": args.sampled,
-            "produce_events_per_s": round(args.stream_events / produce_s),
-            "ingest_events_per_s": round(ingest_rate),
-            "ingest_cpu_us_per_event": round(1e6 * drain["cpu_s"] / drain["rows"], 1),
+            "streams": streams,
             "ingest_batch": args.batch,
             "ingest_receive_spans": not args.no_receive_spans,
             "freshness_events": args.fresh_events,
             "freshness_rate_per_s": args.rate,
+            "freshness_sampled_share": args.sampled[-1],
             "freshness_p50_ms": float(fresh[0]),
             "freshness_p95_ms": float(fresh[1]),
             "freshness_max_ms": float(fresh[2]),
@@ -348,11 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         if ingest is not None:
-            ingest.send_signal(signal.SIGTERM)
-            try:
-                ingest.wait(30)
-            except subprocess.TimeoutExpired:
-                ingest.kill()
+            _stop(ingest)
         if clickhouse is not None:
             clickhouse.stop()
         if kafka is not None:
@@ -363,7 +396,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000_000, help="synthetic rows bulk-loaded (issue: 100M)")
     parser.add_argument("--stream-events", type=int, default=200_000, help="events through Kafka for the rate")
-    parser.add_argument("--sampled", type=float, default=1.0, help="share of streamed events whose trace is sampled")
+    parser.add_argument(
+        "--sampled",
+        type=_shares,
+        default=[1.0, 0.01],
+        help="shares of streamed events whose trace is sampled, comma-separated: one backlog each (default 1,0.01)",
+    )
     parser.add_argument("--fresh-events", type=int, default=5_000, help="paced events for freshness")
     parser.add_argument("--rate", type=float, default=1_000.0, help="events/s of the paced freshness phase")
     parser.add_argument("--batch", type=int, default=5_000, help="trace-ingest usage batch size")
@@ -385,12 +423,13 @@ def main() -> None:
         f"bulk load:  {result['bulk_rows_per_s']:,} rows/s (INSERT SELECT inside ClickHouse, through the rollup"
         f" views); 100M rows: ~{result['full_volume_bulk_s']:,} s"
     )
-    print(
-        f"ingest:     {result['ingest_events_per_s']:,} events/s through Kafka into ClickHouse"
-        f" ({result['stream_events']:,} events, {result['stream_sampled_share']:.0%} traced,"
-        f" batch {result['ingest_batch']:,}); trace-ingest CPU {result['ingest_cpu_us_per_event']} us/event;"
-        f" 100M events: ~{result['full_volume_through_kafka_s']:,} s"
-    )
+    for stream in result["streams"]:
+        print(
+            f"ingest:     {stream['ingest_events_per_s']:,} events/s through Kafka into ClickHouse"
+            f" ({stream['events']:,} events, {stream['sampled_share']:.0%} traced, batch {result['ingest_batch']:,});"
+            f" trace-ingest CPU {stream['ingest_cpu_us_per_event']} us/event"
+        )
+    print(f"            100M events through Kafka at the slowest rate: ~{result['full_volume_through_kafka_s']:,} s")
     print(
         f"freshness:  p50 {result['freshness_p50_ms']:.0f} ms, p95 {result['freshness_p95_ms']:.0f} ms"
         " (request done -> row queryable;"

@@ -2,8 +2,9 @@
 
 It gives each service grpc.aio with the standard health and reflection services, requests
 parsed with field-naming errors, one mapping from `InterlockError` to gRPC status with
-details, and a graceful stop on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
-refused, in-flight calls get `grace_s` to finish, then the service's own cleanup runs.
+details, a SERVER span per call (interlock._rpc_tracing), and a graceful stop on
+SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, in-flight calls get
+`grace_s` to finish, then the service's own cleanup runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from interlock._rpc_tracing import record_server_code, server_span
 from interlock._wire import parse_request
 from interlock.errors import ErrorCode, InterlockError, to_status
 
@@ -62,35 +64,68 @@ def _internal(method: str, exc: BaseException) -> InterlockError:
 
 
 def _unary(method: str, cls: type[pb_message.Message], impl: UnaryImpl) -> grpc.RpcMethodHandler[Any, Any]:
+    path = _rpc_path(method)
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        try:
-            response = await impl(parse_request(cls, raw), context)
-        except InterlockError as exc:
-            await abort_with(context, exc)
-            raise
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            await abort_with(context, _internal(method, exc))
-            raise
-        return response.SerializeToString()
+        with server_span(path, context.invocation_metadata()) as span:
+            try:
+                response = await impl(parse_request(cls, raw), context)
+            except InterlockError as exc:
+                record_server_code(span, exc.code.grpc_code, exc.message)
+                await abort_with(context, exc)
+                raise
+            except grpc.aio.AbortError:
+                record_server_code(span, _aborted_code(context))
+                raise
+            except asyncio.CancelledError:
+                record_server_code(span, grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as exc:
+                record_server_code(span, grpc.StatusCode.INTERNAL)
+                await abort_with(context, _internal(method, exc))
+                raise
+            record_server_code(span, grpc.StatusCode.OK)
+            return response.SerializeToString()
 
     return grpc.unary_unary_rpc_method_handler(handle)
 
 
 def _stream(method: str, cls: type[pb_message.Message], impl: StreamImpl) -> grpc.RpcMethodHandler[Any, Any]:
+    path = _rpc_path(method)
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-        try:
-            async for item in impl(parse_request(cls, raw), context):
-                yield item.SerializeToString()
-        except InterlockError as exc:
-            await abort_with(context, exc)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every other failure is INTERNAL
-            await abort_with(context, _internal(method, exc))
+        with server_span(path, context.invocation_metadata()) as span:
+            try:
+                async for item in impl(parse_request(cls, raw), context):
+                    yield item.SerializeToString()
+            except InterlockError as exc:
+                record_server_code(span, exc.code.grpc_code, exc.message)
+                await abort_with(context, exc)
+                return
+            except grpc.aio.AbortError:
+                record_server_code(span, _aborted_code(context))
+                raise
+            except asyncio.CancelledError:
+                record_server_code(span, grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as exc:  # noqa: BLE001 - every other failure is INTERNAL
+                record_server_code(span, grpc.StatusCode.INTERNAL)
+                await abort_with(context, _internal(method, exc))
+                return
+            record_server_code(span, grpc.StatusCode.OK)
 
     return grpc.unary_stream_rpc_method_handler(handle)
+
+
+def _rpc_path(full_name: str) -> str:
+    """`/package.Service/Method`, as gRPC names a call on the wire, from `package.Service.Method`."""
+    service, _, name = full_name.rpartition(".")
+    return f"/{service}/{name}"
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:

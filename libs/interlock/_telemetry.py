@@ -1,8 +1,9 @@
 """Tracing and structured logging, set up once per service process.
 
-Spans come from the OpenTelemetry contrib instrumentations (gRPC aio server and client,
-httpx, aiokafka) and are exported over OTLP/gRPC to trace-ingest. Health and reflection
-calls are not traced, nor is the OTLP export path itself (it would trace its own export).
+Spans of served gRPC calls come from the server kit (interlock._rpc_tracing), the others
+from the OpenTelemetry contrib instrumentations (gRPC aio clients, aiohttp and httpx clients,
+aiokafka); all are exported over OTLP/gRPC to trace-ingest. Health and reflection calls are
+not traced, nor is the OTLP export path itself (it would trace its own export).
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ import time
 from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import (
-    GrpcAioInstrumentorClient,
-    GrpcAioInstrumentorServer,
-    filters,
-)
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -36,9 +33,13 @@ def setup_tracing(
     otlp_endpoint: str | None,
     *,
     untraced_services: Sequence[str] = (),
+    instrument_grpc_clients: bool = True,
 ) -> TracerProvider:
     """Install the global tracer provider and the instrumentations. Call before any
-    gRPC server, channel, httpx client or Kafka client is made."""
+    gRPC server, channel, HTTP client session or Kafka client is made.
+
+    `instrument_grpc_clients=False` leaves gRPC channels alone: for a service whose clients
+    trace their calls with `interlock._rpc_tracing.traced_call` (the router's hot path)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -48,15 +49,16 @@ def setup_tracing(
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     skip = (*_UNTRACED_SERVICES, *untraced_services)
-    GrpcAioInstrumentorServer().instrument(  # type: ignore[no-untyped-call]
-        filter_=filters.negate(filters.any_of(*(filters.service_name(s) for s in skip)))
-    )
-    GrpcAioInstrumentorClient().instrument(  # type: ignore[no-untyped-call]
-        filter_=filters.negate(filters.any_of(*(filters.service_name(s) for s in skip)))
-    )
+    if instrument_grpc_clients:
+        GrpcAioInstrumentorClient().instrument(  # type: ignore[no-untyped-call]
+            filter_=filters.negate(filters.any_of(*(filters.service_name(s) for s in skip)))
+        )
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     HTTPXClientInstrumentor().instrument()
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
+    AioHttpClientInstrumentor().instrument()
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 
     AIOKafkaInstrumentor().instrument()
@@ -103,5 +105,5 @@ def setup_logging(service: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "urllib3", "clickhouse_connect"):
+    for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "aiohttp", "urllib3", "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

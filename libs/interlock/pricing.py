@@ -7,11 +7,11 @@ a price is rounded up to the next nano-dollar, never down.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from genai_prices import Usage, calc_price
-from genai_prices.types import ModelPrice
+from genai_prices.types import ModelPrice, TieredPrices
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -40,6 +40,12 @@ class ModelPricing:
     price: ModelPrice
     context_window: int | None = None
     """Input + output tokens the model takes, when known."""
+    _linear: tuple[int, int, int, int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+    """(scale, base, input, output, cached input, cache write) as integers of nano-dollars x
+    scale per token, when the price is linear in the token counts; None otherwise."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_linear", _linear_coefficients(self.price))
 
     @classmethod
     def resolve(cls, provider_id: str, model_ref: str, context_window: int | None = None) -> ModelPricing:
@@ -79,8 +85,36 @@ class ModelPricing:
         """Cost of a call in nano-dollars, rounded up.
 
         `input_tokens` counts all input, cached or not; the cached and cache-write parts are
-        priced at the model's cache rates where genai-prices has them.
+        priced at the model's cache rates where genai-prices has them. A flat price (no
+        tiers) is linear in the counts: its per-token rates, taken from genai-prices once, are
+        applied in integer arithmetic on the hot path, to the same nano-dollar.
         """
+        linear = self._linear
+        if (
+            linear is None
+            or min(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens) < 0
+            or cached_input_tokens + cache_write_tokens > input_tokens
+        ):
+            return self.calc_cost_nanos(
+                input_tokens,
+                output_tokens,
+                cached_input_tokens=cached_input_tokens,
+                cache_write_tokens=cache_write_tokens,
+            )
+        scale, base, per_input, per_output, per_cached, per_write = linear
+        scaled = (
+            base
+            + per_input * input_tokens
+            + per_output * output_tokens
+            + per_cached * cached_input_tokens
+            + per_write * cache_write_tokens
+        )
+        return -(-scaled // scale)  # ceil
+
+    def calc_cost_nanos(
+        self, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
+        """`cost_nanos` computed by genai-prices itself (the reference of the fast path)."""
         usage = Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -88,3 +122,36 @@ class ModelPricing:
             cache_write_tokens=cache_write_tokens or None,
         )
         return usd_to_nanos(self.price.calc_price(usage)["total_price"])
+
+
+def _linear_coefficients(price: ModelPrice) -> tuple[int, int, int, int, int, int] | None:
+    """Integer per-token rates of a flat price, probed through genai-prices; None if tiered."""
+    if any(isinstance(value, TieredPrices) for value in vars(price).values()):
+        return None
+    million = 1_000_000
+
+    def total(input_tokens: int, output_tokens: int, cached: int = 0, written: int = 0) -> Decimal:
+        usage = Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cached or None,
+            cache_write_tokens=written or None,
+        )
+        return Decimal(price.calc_price(usage)["total_price"])
+
+    try:
+        base = total(0, 0)
+        per_input = (total(million, 0) - base) / million
+        per_output = (total(0, million) - base) / million
+        # Cached and written tokens are part of input_tokens: their rate is on top of it.
+        per_cached = (total(million, 0, cached=million) - base) / million - per_input
+        per_write = (total(million, 0, written=million) - base) / million - per_input
+    except (LookupError, ValueError, ArithmeticError):
+        return None
+    rates = [value * NANOS_PER_USD for value in (base, per_input, per_output, per_cached, per_write)]
+    places = max(0, *(-int(rate.as_tuple().exponent) for rate in rates))
+    scale = 10**places
+    scaled = [int(rate * scale) for rate in rates]
+    if any(Decimal(n) != rate * scale for n, rate in zip(scaled, rates, strict=True)):
+        return None  # not exactly representable: keep genai-prices' own arithmetic
+    return scale, scaled[0], scaled[1], scaled[2], scaled[3], scaled[4]

@@ -117,6 +117,29 @@ class UsageSpool:
 
         return await self._run(work)
 
+    async def append_many(self, records: Sequence[tuple[str, bytes, Sequence[tuple[str, bytes]]]]) -> list[int]:
+        """Append (key, value, headers) records in one transaction; their offsets once durable."""
+        rows = [(key, bytes(value), _encode_headers(headers)) for key, value, headers in records]
+        if not rows:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            offsets: list[int] = []
+            # One fsync for the batch; a crash leaves all of it or none (at-least-once upstream).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    cursor = conn.execute("INSERT INTO records (key, value, headers) VALUES (?, ?, ?)", row)
+                    assert cursor.lastrowid is not None
+                    offsets.append(cursor.lastrowid)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return offsets
+
+        return await self._run(work)
+
     async def read(self, group: str, max_records: int) -> list[SpoolRecord]:
         """Up to `max_records` records after `group`'s committed offset, oldest first."""
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from interlock._server import GrpcService
+from interlock._server import GrpcService, run_event_loop
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.budget.v1 import budget_pb2
 from interlock.services.budget import config
@@ -83,7 +83,7 @@ def main() -> None:
     setup_logging("budget", settings.log_level)
     provider = setup_tracing("budget", settings.otlp_endpoint or None)
     try:
-        asyncio.run(serve(settings))
+        run_event_loop(serve(settings))
     finally:
         provider.shutdown()
 

@@ -99,7 +99,8 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
 def main() -> None:
     settings = config.load()
     setup_logging("router", settings.log_level)
-    provider = setup_tracing("router", settings.otlp_endpoint or None)
+    # The mesh clients trace their own calls (no interceptors on the hot path).
+    provider = setup_tracing("router", settings.otlp_endpoint or None, instrument_grpc_clients=False)
     try:
         run_event_loop(serve(settings))
     finally:

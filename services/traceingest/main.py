@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from interlock._server import GrpcService
+from interlock._server import GrpcService, run_event_loop
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, EmbeddedClickHouse, HttpClickHouse
@@ -147,7 +146,7 @@ def main() -> None:
     settings = load_trace_ingest_settings()
     setup_logging(SERVICE_NAME, settings.log_level)
     setup_tracing(SERVICE_NAME, settings.otlp_endpoint or None)
-    asyncio.run(build_trace_ingest(settings).run())
+    run_event_loop(build_trace_ingest(settings).run())
 
 
 if __name__ == "__main__":

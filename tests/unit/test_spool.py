@@ -27,6 +27,45 @@ async def test_append_returns_increasing_offsets_and_read_returns_records_in_ord
         spool.close()
 
 
+async def test_append_many_stores_a_batch_in_order_after_earlier_records(tmp_path: Path) -> None:
+    spool = UsageSpool(tmp_path / "spool.db")
+    try:
+        before = await spool.append("e0", b"zero", [])
+        offsets = await spool.append_many([("e1", b"one", [("traceparent", b"00-abc-01")]), ("e2", b"two", [])])
+        assert await spool.append_many([]) == []
+        assert len(offsets) == 2 and before < offsets[0] < offsets[1]
+        assert await spool.read("g", 10) == [
+            SpoolRecord(before, "e0", b"zero", ()),
+            SpoolRecord(offsets[0], "e1", b"one", (("traceparent", b"00-abc-01"),)),
+            SpoolRecord(offsets[1], "e2", b"two", ()),
+        ]
+    finally:
+        spool.close()
+
+
+async def test_spool_sink_publishes_a_batch_each_under_its_own_trace(tmp_path: Path) -> None:
+    from interlock.services.budget.adapters.usage_sink import OutgoingEvent, SpoolUsageSink
+
+    sink = SpoolUsageSink(tmp_path / "spool.db", "interlock.usage.v1")
+    parents = [f"00-{i:032x}-{i:016x}-01" for i in (1, 2)]
+    try:
+        await sink.publish_many(
+            [OutgoingEvent(f"acme/p{i}", bytes([i]), {"traceparent": p}) for i, p in enumerate(parents)]
+        )
+    finally:
+        await sink.stop()
+    spool = UsageSpool(tmp_path / "spool.db")
+    try:
+        records = await spool.read("g", 10)
+    finally:
+        spool.close()
+    assert [(r.key, r.value) for r in records] == [("acme/p0", b"\x00"), ("acme/p1", b"\x01")]
+    for record, parent in zip(records, parents, strict=True):
+        # Each record carries a traceparent in its commit's trace (trace id kept), not its neighbour's.
+        traceparent = dict(record.headers)["traceparent"].decode()
+        assert traceparent.split("-")[1] == parent.split("-")[1]
+
+
 async def test_read_starts_after_the_groups_commit_and_respects_max_records(tmp_path: Path) -> None:
     spool = UsageSpool(tmp_path / "spool.db")
     try:

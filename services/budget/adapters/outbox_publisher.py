@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import context, propagate
 
 from interlock.services.budget.adapters.ledger import AlertEntry, BudgetLedger, OutboxEntry
-from interlock.services.budget.adapters.usage_sink import UsageSink
+from interlock.services.budget.adapters.usage_sink import OutgoingEvent, UsageSink
 from interlock.services.budget.domain.usage import BudgetAlert, SettledUsage
 from interlock.usage.v1 import usage_pb2
 
@@ -141,15 +141,13 @@ class OutboxPublisher:
 
     async def _drain_once(self) -> int:
         entries: list[OutboxEntry] = await self._run(self._ledger.pending_events, self._batch_size)  # type: ignore[assignment]
-        done: list[int] = []
-        try:
-            for entry in entries:
-                await self._publish(entry)
-                done.append(entry.seq)
-        finally:
-            if done:
-                await self._run(self._ledger.mark_published, done, time.time())
-        return len(done) + await self._drain_alerts()
+        if not entries:
+            return await self._drain_alerts()
+        # Every pending event in one publish: under load one round trip (Kafka) or one spool
+        # transaction carries the commits that queued while the previous batch was out.
+        await self._sink.publish_many([_outgoing(entry) for entry in entries])
+        await self._run(self._ledger.mark_published, [entry.seq for entry in entries], time.time())
+        return len(entries) + await self._drain_alerts()
 
     async def _drain_alerts(self) -> int:
         if self._alert_sink is None:
@@ -170,15 +168,12 @@ class OutboxPublisher:
                 await self._run(self._ledger.mark_alerts_published, done, time.time())
         return len(done)
 
-    async def _publish(self, entry: OutboxEntry) -> None:
-        # Produce under the trace of the commit that wrote the event.
-        parent = propagate.extract(dict(entry.headers))
-        token = context.attach(parent)
-        try:
-            value = to_event(entry.usage).SerializeToString()
-            # Keyed by org/project: one project's events share a partition, so they keep their
-            # order and copies of one event meet the same consumer (trace-ingest drops them).
-            principal = entry.usage.principal
-            await self._sink.publish(f"{principal.org}/{principal.project}", value, [])
-        finally:
-            context.detach(token)
+
+def _outgoing(entry: OutboxEntry) -> OutgoingEvent:
+    # Keyed by org/project: one project's events share a partition, so they keep their order
+    # and copies of one event meet the same consumer (trace-ingest drops them). Produced
+    # under the trace of the commit that wrote the event.
+    principal = entry.usage.principal
+    return OutgoingEvent(
+        f"{principal.org}/{principal.project}", to_event(entry.usage).SerializeToString(), dict(entry.headers)
+    )

@@ -11,6 +11,7 @@ from interlock.errors import InvalidArgumentError
 from interlock.ratelimit.v1 import ratelimit_pb2
 from interlock.services.ratelimit.adapters.stores import WindowStore
 from interlock.services.ratelimit.domain.limits import (
+    Charge,
     Entries,
     FailureMode,
     HitRequest,
@@ -113,6 +114,11 @@ class RateLimitServicer:
         if not request.descriptors:
             raise InvalidArgumentError("must hold at least one descriptor", field="descriptors")
         hits = self._hits(request)
+        # Every correction is checked before any is applied: a bad request changes nothing.
+        corrections = [self._adjustments(c, f"corrections[{i}].") for i, c in enumerate(request.corrections)]
+        # Applied first, so the hits a correction gives back are free for this decision.
+        for adjustments, decided_at_ms in corrections:
+            await self._store.adjust(adjustments, decided_at_ms)
         charges = plan_charges(self.rules, request.domain, hits)
         decision = await self._store.charge(charges)
         verdicts = judge(len(hits), charges, decision.outcomes, decision.admitted)
@@ -146,17 +152,30 @@ class RateLimitServicer:
     async def AdjustHits(
         self, request: ratelimit_pb2.AdjustHitsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ratelimit_pb2.AdjustHitsResponse:
+        adjustments, decided_at_ms = self._adjustments(request)
+        await self._store.adjust(adjustments, decided_at_ms)
+        return ratelimit_pb2.AdjustHitsResponse()
+
+    def _adjustments(
+        self, request: ratelimit_pb2.AdjustHitsRequest, field_prefix: str = ""
+    ) -> tuple[list[tuple[Charge, int]], int]:
+        """Validate one correction (AdjustHits' request, or one of ShouldRateLimit's
+        `corrections`) and plan it: each counter it touches with its delta, and its slot.
+
+        Planning does no I/O, so ShouldRateLimit can check all its corrections before it
+        applies any; field names in errors carry `field_prefix`, e.g. `corrections[0].`."""
         if not request.domain:
-            raise InvalidArgumentError("must not be empty", field="domain")
+            raise InvalidArgumentError("must not be empty", field=f"{field_prefix}domain")
         if request.decided_at_unix_ms <= 0:
-            raise InvalidArgumentError("must be the decision's decided_at_unix_ms", field="decided_at_unix_ms")
+            raise InvalidArgumentError(
+                "must be the decision's decided_at_unix_ms", field=f"{field_prefix}decided_at_unix_ms"
+            )
         adjustments = []
         for i, a in enumerate(request.adjustments):
-            entries = _entries(a.entries, f"adjustments[{i}].entries")
+            entries = _entries(a.entries, f"{field_prefix}adjustments[{i}].entries")
             for charge in plan_charges(self.rules, request.domain, [HitRequest(entries, 0)]):
                 adjustments.append((charge, a.delta))
-        await self._store.adjust(adjustments, request.decided_at_unix_ms)
-        return ratelimit_pb2.AdjustHitsResponse()
+        return adjustments, request.decided_at_unix_ms
 
     async def SetLimitOverride(
         self, request: ratelimit_pb2.SetLimitOverrideRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -4,10 +4,12 @@ Each provider module (openai, anthropic, cohere, azure_openai) subclasses `HttpP
 adds only its wire format: the request body, the answer and stream-event parsing, and how its
 error bodies refine the canonical `ProviderErrorKind`.
 
-One long-lived `httpx.AsyncClient` per provider (HTTP/1.1, pooled keep-alive connections).
-It is a plain client on purpose: the OpenTelemetry httpx instrumentation patches
-`httpx.AsyncHTTPTransport` itself, so these requests get client spans and a `traceparent`
-header without the adapters knowing about tracing.
+One long-lived `aiohttp.ClientSession` per provider (HTTP/1.1, pooled keep-alive
+connections), made on first use inside the router's event loop. aiohttp rather than httpx:
+on the router's hot path it costs a quarter of the CPU per request (`make bench`,
+docs/BENCHMARKS.md). It is a plain session on purpose: the OpenTelemetry aiohttp-client
+instrumentation hooks `ClientSession` itself, so these requests get client spans and a
+`traceparent` header without the adapters knowing about tracing.
 
 `request.timeout_s` (capped by the provider's `timeout_s`) bounds the whole attempt, stream
 included. The API key never appears in an error, a log line or a repr: upstream messages are
@@ -23,7 +25,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
 
 from interlock import _json
 
@@ -76,7 +79,7 @@ def status_kind(status: int) -> str:
     return ProviderErrorKind.PROTOCOL  # a redirect or other status outside the API
 
 
-def retry_after_s(headers: httpx.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from `retry-after-ms` (OpenAI's) or `retry-after` (seconds or a date)."""
     value = headers.get("retry-after-ms")
     if value is not None:
@@ -107,6 +110,17 @@ def token_count(value: Any) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     raise ValueError(f"token count {value!r} is not an integer")
+
+
+class HttpAnswer:
+    """A provider's answer read whole: status, headers (case-insensitive) and body."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
 
 
 class ToolCallAssembler:
@@ -175,47 +189,57 @@ class SSEDecoder:
 class EventStream:
     """The SSE payloads of one streamed answer, read under the attempt's deadline."""
 
-    __slots__ = ("_chunks", "_deadline", "_limit", "_provider")
+    __slots__ = ("_body",)
 
-    def __init__(self, provider: HttpProvider, response: httpx.Response, deadline: float, limit: float) -> None:
-        self._provider = provider
-        self._chunks = response.aiter_bytes()
-        self._deadline = deadline
-        self._limit = limit
+    def __init__(self, body: BodyChunks) -> None:
+        self._body = body
 
     async def payloads(self) -> AsyncIterator[bytes]:
         """Each event's `data`, until the body ends; raises TIMEOUT or PROTOCOL (network cut)."""
         decoder = SSEDecoder()
         while True:
-            # A timeout scope per await: one held across the `yield` would cancel the consumer.
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    chunk = await anext(self._chunks, None)
-            except TimeoutError:
-                raise self._provider.error(
-                    ProviderErrorKind.TIMEOUT, f"stream not done within {self._limit:g}s"
-                ) from None
-            except httpx.TimeoutException:
-                raise self._provider.error(ProviderErrorKind.TIMEOUT, f"stream stalled past {self._limit:g}s") from None
-            except httpx.HTTPError as exc:
-                raise self._provider.error(
-                    ProviderErrorKind.PROTOCOL, f"stream cut short: {type(exc).__name__}"
-                ) from exc
-            for data in decoder.feed(chunk) if chunk is not None else decoder.flush():
+            chunk = await self._body.next_chunk()
+            for data in decoder.feed(chunk) if chunk else decoder.flush():
                 yield data
-            if chunk is None:
+            if not chunk:
                 return
 
     async def drain(self) -> None:
-        """Read the rest of a finished body briefly, so httpx can pool the connection again."""
+        """Read the rest of a finished body briefly, so the connection can be pooled again."""
+        await self._body.drain()
+
+
+class BodyChunks:
+    """The body of a streamed answer, chunk by chunk, each read under the attempt's deadline."""
+
+    __slots__ = ("_deadline", "_limit", "_provider", "_response")
+
+    def __init__(self, provider: HttpProvider, response: aiohttp.ClientResponse, deadline: float, limit: float) -> None:
+        self._provider = provider
+        self._response = response
+        self._deadline = deadline
+        self._limit = limit
+
+    async def next_chunk(self) -> bytes:
+        """The next bytes received; b"" once the body ended. Raises TIMEOUT or PROTOCOL (cut)."""
+        # A timeout scope per read: one held across the caller's `yield` would cancel its consumer.
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await self._response.content.readany()
+        except TimeoutError:
+            raise self._provider.error(ProviderErrorKind.TIMEOUT, f"stream not done within {self._limit:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise self._provider.error(ProviderErrorKind.PROTOCOL, f"stream cut short: {type(exc).__name__}") from exc
+
+    async def drain(self) -> None:
         grace_s = min(_DRAIN_GRACE_S, self._deadline - asyncio.get_running_loop().time())
         if grace_s <= 0:
             return
         try:
             async with asyncio.timeout(grace_s):
-                async for _ in self._chunks:
+                while await self._response.content.readany():
                     pass
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, aiohttp.ClientError):
             pass  # the connection is then closed instead of reused; the answer is complete
 
 
@@ -224,10 +248,12 @@ class HttpProvider:
 
     __slots__ = (
         "_base_url",
-        "_client",
         "_connect_timeout_s",
+        "_headers",
+        "_max_connections",
         "_name",
         "_secret",
+        "_session",
         "_timeout_s",
     )
 
@@ -251,19 +277,17 @@ class HttpProvider:
         self._secret = Secret(api_key)
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._client = httpx.AsyncClient(
-            base_url=self._base_url + "/",
-            headers={
+        self._max_connections = max_connections
+        self._headers = CIMultiDict(
+            {
                 **(headers or {}),
                 "content-type": "application/json",
                 "accept": "application/json",
                 "user-agent": "interlock-router",
                 **auth_headers,
-            },
-            timeout=httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
+            }
         )
+        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r}, base_url={self._base_url!r})"
@@ -273,15 +297,32 @@ class HttpProvider:
         return self._name
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections),
+                # Deadlines are the attempt's own (asyncio.timeout around each await);
+                # aiohttp only bounds the connect.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
+                raise_for_status=False,
+            )
+        return self._session
 
     # -- to be refined by each provider ----------------------------------------------------
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         """A non-2xx answer as a ProviderError; providers override to read their error body."""
         return self.http_error(response, status_kind(response.status_code), "")
 
     # -- I/O -------------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self._base_url}/{path}"
 
     async def _post(
         self,
@@ -293,21 +334,54 @@ class HttpProvider:
         """POST a JSON body, return the JSON object answered; raises ProviderError."""
         limit = self._attempt_timeout(request)
         try:
-            async with asyncio.timeout(limit):
-                response = await self._client.post(
-                    path,
-                    content=_dumps(body),
-                    params=params,
-                    headers=self._request_headers(request),
-                    timeout=self._httpx_timeout(limit),
-                )
+            async with (
+                asyncio.timeout(limit),
+                self._client().post(
+                    self._url(path), data=_dumps(body), params=params, headers=self._request_headers(request)
+                ) as response,
+            ):
+                answer = HttpAnswer(response.status, response.headers, await response.read())
         except TimeoutError:
             raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             raise self._transport_error(exc, limit) from exc
-        if response.status_code >= 300:
-            raise self._status_error(response)
-        return self.json_object(response.content)
+        if answer.status_code >= 300:
+            raise self._status_error(answer)
+        return self.json_object(answer.content)
+
+    @contextlib.asynccontextmanager
+    async def _open_body(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        request: ProviderRequest,
+        accept: str,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[BodyChunks]:
+        """POST a JSON body whose answer streams; yields its body once the status is 2xx."""
+        limit = self._attempt_timeout(request)
+        # One deadline for the whole stream, checked by every read.
+        deadline = asyncio.get_running_loop().time() + limit
+        headers = {**(self._request_headers(request) or {}), "accept": accept}
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client().post(self._url(path), data=_dumps(body), params=params, headers=headers)
+        except TimeoutError:
+            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise self._transport_error(exc, limit) from exc
+        try:
+            if response.status >= 300:
+                content = b""
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        content = await response.read()
+                except (TimeoutError, aiohttp.ClientError):
+                    pass  # the status alone is enough to classify the failure
+                raise self._status_error(HttpAnswer(response.status, response.headers, content))
+            yield BodyChunks(self, response, deadline, limit)
+        finally:
+            response.release()
 
     @contextlib.asynccontextmanager
     async def _open_stream(
@@ -318,35 +392,8 @@ class HttpProvider:
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[EventStream]:
         """POST a JSON body that asks for SSE; yields the event stream once the status is 2xx."""
-        limit = self._attempt_timeout(request)
-        # One deadline for the whole stream, checked by every read.
-        deadline = asyncio.get_running_loop().time() + limit
-        http_request = self._client.build_request(
-            "POST",
-            path,
-            content=_dumps(body),
-            params=params,
-            headers={**(self._request_headers(request) or {}), "accept": "text/event-stream"},
-            timeout=self._httpx_timeout(limit),
-        )
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
-        except TimeoutError:
-            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, limit) from exc
-        try:
-            if response.status_code >= 300:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await response.aread()
-                except (TimeoutError, httpx.HTTPError):
-                    pass  # the status alone is enough to classify the failure
-                raise self._status_error(response)
-            yield EventStream(self, response, deadline, limit)
-        finally:
-            await response.aclose()
+        async with self._open_body(path, body, request, "text/event-stream", params) as chunks:
+            yield EventStream(chunks)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -370,7 +417,7 @@ class HttpProvider:
 
     def http_error(
         self,
-        response: httpx.Response,
+        response: HttpAnswer,
         kind: str,
         upstream_message: str,
         details: Mapping[str, str] | None = None,
@@ -409,15 +456,15 @@ class HttpProvider:
             text = text.replace(key, "[redacted]")
         return text
 
-    def _transport_error(self, exc: httpx.HTTPError, limit: float) -> ProviderError:
-        # httpx messages name the host and the failure, never headers: safe to quote.
+    def _transport_error(self, exc: aiohttp.ClientError | ValueError, limit: float) -> ProviderError:
+        # aiohttp messages name the host and the failure, never headers: safe to quote.
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError):
             return self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s ({detail})")
-        if isinstance(exc, httpx.LocalProtocolError):
+        if isinstance(exc, ValueError | aiohttp.InvalidURL):
             # The request itself cannot be sent (e.g. a bad header value): not the server's fault.
             return self.error(ProviderErrorKind.BAD_REQUEST, f"request not sendable ({detail})")
-        if isinstance(exc, httpx.TransportError):
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
             return self.error(ProviderErrorKind.SERVER_ERROR, f"connection failed ({detail})")
         return self.error(ProviderErrorKind.PROTOCOL, f"bad response ({detail})")
 
@@ -425,9 +472,6 @@ class HttpProvider:
 
     def _attempt_timeout(self, request: ProviderRequest) -> float:
         return min(request.timeout_s, self._timeout_s) if request.timeout_s > 0 else self._timeout_s
-
-    def _httpx_timeout(self, limit: float) -> httpx.Timeout:
-        return httpx.Timeout(limit, connect=min(self._connect_timeout_s, limit))
 
     @staticmethod
     def _request_headers(request: ProviderRequest) -> dict[str, str] | None:

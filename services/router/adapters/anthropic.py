@@ -30,8 +30,6 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from ..domain.provider import (
     ChatMessage,
     ProviderError,
@@ -45,7 +43,7 @@ from ..domain.provider import (
     TokenUsage,
     ToolCall,
 )
-from ._http_provider import MESSAGE_LIMIT, HttpProvider, ToolCallAssembler, status_kind, token_count
+from ._http_provider import MESSAGE_LIMIT, HttpAnswer, HttpProvider, ToolCallAssembler, status_kind, token_count
 
 ANTHROPIC_VERSION = "2023-06-01"
 JSON_MODE_INSTRUCTION = "Answer with one JSON object and nothing else: no prose, no code fences."
@@ -254,7 +252,7 @@ class AnthropicProvider(HttpProvider):
             raise self.error(ProviderErrorKind.BAD_REQUEST, f"arguments of tool call {call.id!r} are not a JSON object")
         return value
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         kind = status_kind(response.status_code)
         details: dict[str, str] = {}
         upstream_message = ""
@@ -263,7 +261,7 @@ class AnthropicProvider(HttpProvider):
             upstream_message = str(error.get("message") or "")
             if error.get("type"):
                 details["type"] = str(error["type"])
-        except (ValueError, KeyError, TypeError, AttributeError, httpx.ResponseNotRead):
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass  # not Anthropic's error shape: the status says enough
         if kind == ProviderErrorKind.BAD_REQUEST:
             kind = _refine_bad_request(upstream_message)

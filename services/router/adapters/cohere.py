@@ -29,8 +29,6 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from ..domain.provider import (
     ChatMessage,
     ProviderError,
@@ -44,7 +42,7 @@ from ..domain.provider import (
     TokenUsage,
     ToolCall,
 )
-from ._http_provider import HttpProvider, ToolCallAssembler, status_kind, token_count
+from ._http_provider import HttpAnswer, HttpProvider, ToolCallAssembler, status_kind, token_count
 
 _FINISH_REASONS = {
     "COMPLETE": "stop",
@@ -199,12 +197,12 @@ class CohereProvider(HttpProvider):
             raise ValueError("finish_reason is not a string")
         return _FINISH_REASONS.get(value, "stop")
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         status = response.status_code
         kind = ProviderErrorKind.AUTH if status == 498 else status_kind(status)  # 498: invalid token
         upstream_message = ""
         # Not Cohere's error shape: the status says enough.
-        with contextlib.suppress(ValueError, TypeError, AttributeError, httpx.ResponseNotRead):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             upstream_message = str(json.loads(response.content).get("message") or "")
         if kind == ProviderErrorKind.BAD_REQUEST and "too many tokens" in upstream_message.lower():
             kind = ProviderErrorKind.CONTEXT_LENGTH_EXCEEDED

@@ -37,8 +37,6 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from ..domain.provider import (
     ChatMessage,
     ProviderError,
@@ -52,7 +50,7 @@ from ..domain.provider import (
     TokenUsage,
     ToolCall,
 )
-from ._http_provider import MESSAGE_LIMIT, HttpProvider, status_kind, token_count
+from ._http_provider import MESSAGE_LIMIT, HttpAnswer, HttpProvider, status_kind, token_count
 
 _FILTERED = frozenset(
     {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT"}
@@ -277,10 +275,10 @@ class GeminiProvider(HttpProvider):
             message = str(error.get("message") or "error in stream")[:MESSAGE_LIMIT]
             raise self.error(kind, message, retry_after_s=retry, details=details)
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         try:
             error = json.loads(response.content).get("error")
-        except (ValueError, AttributeError, httpx.ResponseNotRead):
+        except (ValueError, AttributeError):
             error = None
         if not isinstance(error, dict):
             return self.http_error(response, status_kind(response.status_code), "")

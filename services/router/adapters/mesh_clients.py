@@ -8,13 +8,17 @@ by default, because budgets are hard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 import grpc
 
+from interlock._rpc_tracing import traced_call
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
@@ -26,7 +30,12 @@ from interlock.services.router.domain.provider import TokenUsage
 
 log = logging.getLogger("interlock.router.mesh")
 RATE_LIMIT_DOMAIN = "interlock"
+# Full names of the calls, for their client spans (interlock._rpc_tracing).
+_RATELIMIT = "/interlock.ratelimit.v1.RateLimitService/"
+_BUDGET = "/interlock.budget.v1.BudgetService/"
 _CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)]
+# Corrections one admission carries at most; the rest wait for the next one or the flush.
+_MAX_CARRIED_CORRECTIONS = 256
 
 
 def _error(exc: grpc.RpcError, dependency: str) -> InterlockError:
@@ -34,6 +43,16 @@ def _error(exc: grpc.RpcError, dependency: str) -> InterlockError:
     if isinstance(err, UnavailableError):
         return UnavailableError(f"{dependency} is unavailable", metadata={"dependency": dependency})
     return err
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingCorrection:
+    request: ratelimit_pb2.AdjustHitsRequest
+    delta: int
+    queued_at: float
+    """time.monotonic() when record_usage queued it; the linger counts from here."""
+    context: contextvars.Context
+    """record_usage's context: a flushed AdjustHits is traced under its own call."""
 
 
 class RateLimitClient:
@@ -44,6 +63,11 @@ class RateLimitClient:
     set RPM and TPM rules on the same scope. When the rate-limiter cannot be reached within
     the decision timeout, each descriptor's rules decide (their failure_mode, learned from
     earlier responses); a descriptor never seen yet takes `fail_open`.
+
+    With `correct_in_background`, a token correction costs no RPC of its own in the common
+    case: it waits in a queue and rides on the next admission (ShouldRateLimitRequest's
+    `corrections`), which the limiter applies before deciding. Only a correction that no
+    admission picked up within `correction_linger_s` is sent by AdjustHits.
     """
 
     def __init__(
@@ -53,15 +77,20 @@ class RateLimitClient:
         decision_timeout_s: float = 0.5,
         *,
         correct_in_background: bool = False,
+        correction_linger_s: float = 0.05,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = ratelimit_pb2_grpc.RateLimitServiceStub(self._channel)
         self._fail_open = fail_open
         self._decision_timeout = decision_timeout_s
         # The router answers its caller without waiting for the token correction: a round
-        # trip saved per call. Limits see the correction one RPC later; until then they count
-        # the admission estimate, as they already did for the whole provider call.
+        # trip saved per call. Limits see the correction with the next admission (or the
+        # flush after the linger); until then they count the admission estimate, as they
+        # already did for the whole provider call.
         self._correct_in_background = correct_in_background
+        self._correction_linger = correction_linger_s
+        self._pending: deque[_PendingCorrection] = deque()
+        self._flush_task: asyncio.Task[None] | None = None
         self._corrections: set[asyncio.Task[None]] = set()
         # Descriptor -> name of a fail-closed rule on it ("" when all its rules fail open).
         self._closed_rules: OrderedDict[tuple[tuple[str, str], ...], str] = OrderedDict()
@@ -82,6 +111,7 @@ class RateLimitClient:
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         tokens = estimate_prompt_tokens(call.messages) + tools_token_bound(call.tools) + call.max_tokens
         scopes = self.descriptors(caller, call)
+        carried = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_CARRIED_CORRECTIONS))]
         request = ratelimit_pb2.ShouldRateLimitRequest(
             domain=RATE_LIMIT_DOMAIN,
             descriptors=[
@@ -91,12 +121,22 @@ class RateLimitClient:
                 )
                 for entries in scopes
             ],
+            corrections=[c.request for c in carried],
         )
         # Never wait past the caller's deadline, nor longer than a decision may take.
         timeout = min(timeout_s, self._decision_timeout) if timeout_s else self._decision_timeout
         try:
-            response = await self._stub.ShouldRateLimit(request, timeout=max(timeout, 0.001))
+            response = await traced_call(
+                self._stub.ShouldRateLimit, f"{_RATELIMIT}ShouldRateLimit", request, timeout=max(timeout, 0.001)
+            )
+        except asyncio.CancelledError:
+            self._lost(carried, "CANCELLED")
+            raise
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._requeue(carried)
+            else:
+                self._lost(carried, str(exc.code()))
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise _error(exc, "rate-limiter") from None
             return self._unreachable(scopes)
@@ -135,8 +175,8 @@ class RateLimitClient:
     async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
         """Correct the token estimate taken at admission by the tokens the provider billed.
 
-        With `correct_in_background`, returns once the correction is sent off; `aclose`
-        waits for those still in flight."""
+        With `correct_in_background`, only queues the correction: the next admission
+        carries it, or the flush sends it after the linger; `aclose` sends what is left."""
         if not admission.decided_at_ms or not admission.token_estimate:
             return
         delta = usage.input_tokens + usage.output_tokens - admission.token_estimate
@@ -154,21 +194,68 @@ class RateLimitClient:
             ],
         )
         if self._correct_in_background:
-            task = asyncio.create_task(self._adjust(request, delta))
-            self._corrections.add(task)
-            task.add_done_callback(self._corrections.discard)
+            self._pending.append(_PendingCorrection(request, delta, time.monotonic(), contextvars.copy_context()))
+            self._schedule_flush()
             return
         await self._adjust(request, delta)
 
+    def _requeue(self, carried: list[_PendingCorrection]) -> None:
+        """Put back, first in line, the corrections of an admission the limiter never got
+        (UNAVAILABLE): the flush or the next admission sends them again."""
+        if carried:
+            self._pending.extendleft(reversed(carried))
+            self._schedule_flush()
+
+    @staticmethod
+    def _lost(carried: list[_PendingCorrection], code: str) -> None:
+        """Corrections of an admission that may or may not have reached the limiter (timed
+        out, cancelled): not sent again, since applying one twice would give tokens back
+        twice. Their estimates stay counted, erring on the side of the limit."""
+        if carried:
+            log.warning(
+                "token corrections dropped with a failed admission",
+                extra={"fields": {"code": code, "corrections": len(carried)}},
+            )
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_lingering())
+
+    async def _flush_lingering(self) -> None:
+        """Send by AdjustHits each correction no admission carried within the linger.
+
+        One task, sleeping until the oldest queued correction is due. It never holds a
+        correction across an await, so `aclose` may cancel it at any time."""
+        while self._pending:
+            now = time.monotonic()
+            wait = self._pending[0].queued_at + self._correction_linger - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            while self._pending and self._pending[0].queued_at + self._correction_linger <= now:
+                self._send_in_background(self._pending.popleft())
+
+    def _send_in_background(self, correction: _PendingCorrection) -> None:
+        task = asyncio.create_task(self._adjust(correction.request, correction.delta), context=correction.context)
+        self._corrections.add(task)
+        task.add_done_callback(self._corrections.discard)
+
     async def _adjust(self, request: ratelimit_pb2.AdjustHitsRequest, delta: int) -> None:
         try:
-            await self._stub.AdjustHits(request, timeout=self._decision_timeout)
+            await traced_call(self._stub.AdjustHits, f"{_RATELIMIT}AdjustHits", request, timeout=self._decision_timeout)
         except grpc.RpcError as exc:
             # The estimate stays counted: it is at least the prompt plus max output in most
             # cases, so a lost correction errs on the side of the limit.
             log.warning("token correction failed", extra={"fields": {"code": str(exc.code()), "delta": delta}})
 
     async def aclose(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+        # No admission will carry what is still queued: send it now.
+        while self._pending:
+            self._send_in_background(self._pending.popleft())
         if self._corrections:
             # Each is bounded by the decision timeout; the channel must outlive them.
             await asyncio.wait(set(self._corrections), timeout=self._decision_timeout * 2)
@@ -190,15 +277,22 @@ class BudgetClient:
 
     async def _lease_rpc(self, request: budget_pb2.LeaseRequest, timeout_s: float) -> budget_pb2.LeaseResponse:
         try:
-            response: budget_pb2.LeaseResponse = await self._stub.Lease(request, timeout=timeout_s)
+            response: budget_pb2.LeaseResponse = await traced_call(
+                self._stub.Lease, f"{_BUDGET}Lease", request, timeout=timeout_s
+            )
         except grpc.RpcError as exc:
             raise _error(exc, "budget") from None
         return response
 
     async def _commit_batch_rpc(self, requests: list[budget_pb2.CommitRequest]) -> list[budget_pb2.CommitResponse]:
         if len(requests) == 1:
-            return [await self._stub.Commit(requests[0], timeout=5.0)]
-        response = await self._stub.CommitBatch(budget_pb2.CommitBatchRequest(commits=requests), timeout=5.0)
+            return [await traced_call(self._stub.Commit, f"{_BUDGET}Commit", requests[0], timeout=5.0)]
+        response = await traced_call(
+            self._stub.CommitBatch,
+            f"{_BUDGET}CommitBatch",
+            budget_pb2.CommitBatchRequest(commits=requests),
+            timeout=5.0,
+        )
         return list(response.results)
 
     async def authenticate(self, api_key: str) -> Caller:
@@ -209,8 +303,11 @@ class BudgetClient:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            response = await self._stub.AuthenticateApiKey(
-                budget_pb2.AuthenticateApiKeyRequest(api_key=api_key), timeout=5.0
+            response = await traced_call(
+                self._stub.AuthenticateApiKey,
+                f"{_BUDGET}AuthenticateApiKey",
+                budget_pb2.AuthenticateApiKeyRequest(api_key=api_key),
+                timeout=5.0,
             )
         except grpc.RpcError as exc:
             err = _error(exc, "budget")
@@ -243,7 +340,7 @@ class BudgetClient:
             amount_nanos=amount_nanos,
         )
         try:
-            response = await self._stub.Reserve(request, timeout=timeout_s or 5.0)
+            response = await traced_call(self._stub.Reserve, f"{_BUDGET}Reserve", request, timeout=timeout_s or 5.0)
         except grpc.RpcError as exc:
             raise _error(exc, "budget") from None
         reset_at = response.reset_at.ToNanoseconds() / 1e9 if response.HasField("reset_at") else 0.0
@@ -296,7 +393,9 @@ class BudgetClient:
         if self.leases is not None and self.leases.settle(request_id, None):
             return  # the lease keeps the money for the next call; nothing to tell the service
         try:
-            await self._stub.Release(budget_pb2.ReleaseRequest(request_id=request_id), timeout=5.0)
+            await traced_call(
+                self._stub.Release, f"{_BUDGET}Release", budget_pb2.ReleaseRequest(request_id=request_id), timeout=5.0
+            )
         except grpc.RpcError:
             # The reservation expires on its own; the caller's error matters more than this one.
             log.warning("budget release failed; reservation will expire", extra={"fields": {"request_id": request_id}})

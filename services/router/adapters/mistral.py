@@ -22,10 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from ..domain.provider import ProviderError, ProviderErrorKind, ProviderRequest, StreamItem, TokenUsage
-from ._http_provider import status_kind
+from ._http_provider import HttpAnswer, status_kind
 from .openai import OpenAIProvider
 
 _CONTEXT_WORDS = ("maximum context length", "too large for model", "context length")
@@ -99,7 +97,7 @@ class MistralProvider(OpenAIProvider):
             raise self._stream_error(event)
         return super()._parse_chunk(event)
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         kind = status_kind(response.status_code)
         details: dict[str, str] = {}
         upstream_message = ""
@@ -111,7 +109,7 @@ class MistralProvider(OpenAIProvider):
             for field in ("type", "code", "param"):
                 if error.get(field) is not None:
                     details[field] = str(error[field])
-        except (ValueError, TypeError, AttributeError, httpx.ResponseNotRead):
+        except (ValueError, TypeError, AttributeError):
             pass  # not Mistral's error shape: the status says enough
         if kind == ProviderErrorKind.BAD_REQUEST and any(w in upstream_message.lower() for w in _CONTEXT_WORDS):
             kind = ProviderErrorKind.CONTEXT_LENGTH_EXCEEDED

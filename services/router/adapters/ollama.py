@@ -25,13 +25,10 @@ RATE_LIMITED with Retry-After, 401/403 (from a proxy) -> AUTH, 503 -> OVERLOADED
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-
-import httpx
 
 from ..domain.provider import (
     ChatMessage,
@@ -46,7 +43,7 @@ from ..domain.provider import (
     TokenUsage,
     ToolCall,
 )
-from ._http_provider import MESSAGE_LIMIT, HttpProvider, status_kind, token_count
+from ._http_provider import MESSAGE_LIMIT, HttpAnswer, HttpProvider, status_kind, token_count
 
 _OWN_ID_PREFIX = "ollama-call-"
 _CONTEXT_WORDS = ("context length", "context window", "exceeds the context", "too many tokens")
@@ -180,44 +177,12 @@ class OllamaProvider(HttpProvider):
 
     async def _lines(self, request: ProviderRequest) -> AsyncIterator[bytes]:
         """The NDJSON lines of a streamed answer, read under the attempt's deadline."""
-        limit = self._attempt_timeout(request)
-        deadline = asyncio.get_running_loop().time() + limit
-        http_request = self._client.build_request(
-            "POST",
-            "api/chat",
-            content=json.dumps(self._body(request, stream=True), separators=(",", ":"), ensure_ascii=False).encode(),
-            headers=self._request_headers(request),
-            timeout=self._httpx_timeout(limit),
-        )
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
-        except TimeoutError:
-            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, limit) from exc
-        try:
-            if response.status_code >= 300:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await response.aread()
-                except (TimeoutError, httpx.HTTPError):
-                    pass  # the status alone is enough to classify the failure
-                raise self._status_error(response)
-            chunks = response.aiter_bytes()
+        body = self._body(request, stream=True)
+        async with self._open_body("api/chat", body, request, "application/x-ndjson") as chunks:
             buffer = b""
             while True:
-                # A timeout scope per await: one held across the `yield` would cancel the consumer.
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    raise self.error(ProviderErrorKind.TIMEOUT, f"stream not done within {limit:g}s") from None
-                except httpx.TimeoutException:
-                    raise self.error(ProviderErrorKind.TIMEOUT, f"stream stalled past {limit:g}s") from None
-                except httpx.HTTPError as exc:
-                    raise self.error(ProviderErrorKind.PROTOCOL, f"stream cut short: {type(exc).__name__}") from exc
-                if chunk is None:
+                chunk = await chunks.next_chunk()
+                if not chunk:
                     if buffer.strip():
                         yield buffer
                     return
@@ -225,8 +190,6 @@ class OllamaProvider(HttpProvider):
                 for line in lines:
                     if line.strip():
                         yield line
-        finally:
-            await response.aclose()
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -237,12 +200,12 @@ class OllamaProvider(HttpProvider):
             kind = _refine(ProviderErrorKind.SERVER_ERROR, message)
             raise self.error(kind, message)
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         message = ""
         try:
             error = json.loads(response.content).get("error")
             message = str(error or "")
-        except (ValueError, AttributeError, httpx.ResponseNotRead):
+        except (ValueError, AttributeError):
             pass  # a proxy's page or Go's plain-text 404: the status says enough
         kind = status_kind(response.status_code)
         if kind == ProviderErrorKind.BAD_REQUEST:

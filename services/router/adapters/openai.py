@@ -28,8 +28,6 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from ..domain.provider import (
     ChatMessage,
     ProviderError,
@@ -43,7 +41,7 @@ from ..domain.provider import (
     TokenUsage,
     ToolCall,
 )
-from ._http_provider import MESSAGE_LIMIT, HttpProvider, ToolCallAssembler, status_kind, token_count
+from ._http_provider import MESSAGE_LIMIT, HttpAnswer, HttpProvider, ToolCallAssembler, status_kind, token_count
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -74,7 +72,6 @@ class OpenAIProvider(HttpProvider):
         """`timeout_s` caps every attempt (a request's own `timeout_s` can only lower it);
         `headers` are extra headers for every request (e.g. `OpenAI-Organization`)."""
         # Keyless local servers exist; an empty Bearer is not even valid HTTP.
-        # httpx masks `authorization` in its own reprs of these headers.
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._init_openai(
             name=name,
@@ -204,7 +201,7 @@ class OpenAIProvider(HttpProvider):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
+    def _status_error(self, response: HttpAnswer) -> ProviderError:
         kind = status_kind(response.status_code)
         details: dict[str, str] = {}
         upstream_message = ""
@@ -214,7 +211,7 @@ class OpenAIProvider(HttpProvider):
             for field in ("type", "code", "param"):
                 if error.get(field) is not None:
                     details[field] = str(error[field])
-        except (ValueError, KeyError, TypeError, AttributeError, httpx.ResponseNotRead):
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass  # not OpenAI's error shape: the status says enough
         if 400 <= response.status_code < 500 and kind != ProviderErrorKind.RATE_LIMITED:
             kind = _refine_kind(kind, details.get("code", ""), upstream_message)
