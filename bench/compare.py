@@ -156,6 +156,7 @@ def measure(
     group.reset_peak()
     cpu0 = group.cpu_seconds()
     router0 = group.cpu_seconds("router") if has_router else 0.0
+    services0 = {name: group.cpu_seconds(name) for name in group.roots}
     t0 = time.monotonic()
     result = run_once(tools, endpoint, rate, seconds, work)
     wall = time.monotonic() - t0
@@ -171,6 +172,7 @@ def measure(
         latencies_ms=result.latencies_ms,
         cpu_s=group.cpu_seconds() - cpu0,
         router_cpu_s=(group.cpu_seconds("router") - router0) if has_router else 0.0,
+        service_cpu_s={name: group.cpu_seconds(name) - before for name, before in services0.items()},
         peak_rss_mb=group.peak_rss_mb(),
         router_peak_rss_mb=group.peak_rss_mb("router") if has_router else 0.0,
     )

@@ -65,6 +65,20 @@ def render_table(rows: list[PathAtRate], results: dict[str, Any]) -> str:
         top = max(r.rate for r in rows if r.path == path)
         note = f"{top:,.0f}/s (overloaded there)" if path in overloaded else f"{top:,.0f}/s"
         lines.append(f"| {path} | {_rate(rate)} | {_rate(highest_carried(rows, path))} | {note} |")
+    by_service = [r for r in rows if len(r.cpu_ms_per_call) > 1]
+    if by_service:
+        names = sorted({n for r in by_service for n in r.cpu_ms_per_call})
+        lines += [
+            "",
+            "CPU per answered call by gateway process (ms; CPU time over the rounds / calls answered):",
+            "",
+            "| rate | path | " + " | ".join(names) + " | total |",
+            "|---|---|" + "---|" * (len(names) + 1),
+        ]
+        for row in by_service:
+            cells = [f"{row.cpu_ms_per_call.get(n, 0.0):.2f}" for n in names]
+            total = sum(row.cpu_ms_per_call.values())
+            lines.append(f"| {row.rate:,.0f}/s | {row.path} | " + " | ".join(cells) + f" | {total:.2f} |")
     load = results.get("load_avg_1m") or {}
     if load:
         steps = ", ".join(f"{float(rate):,.0f}/s {value:g}" for rate, value in load.items())

@@ -39,6 +39,8 @@ class Round:
     cpu_s: float = 0.0
     """CPU seconds of all the gateway's processes during the round."""
     router_cpu_s: float = 0.0
+    service_cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each of the gateway's named processes (Interlock: its four services)."""
     peak_rss_mb: float = 0.0
     """Sum over the gateway's processes of each one's peak RSS during the round."""
     router_peak_rss_mb: float = 0.0
@@ -66,6 +68,8 @@ class PathAtRate:
     added_p90_ms: float | None = None
     added_p99_ms: float | None = None
     top_errors: dict[str, int] = field(default_factory=dict)
+    cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
+    """CPU milliseconds per answered call, by process of the gateway (where it names several)."""
 
     @property
     def overloaded(self) -> bool:
@@ -124,6 +128,12 @@ def merge(rounds: list[Round]) -> PathAtRate:
         peak_rss_mb=max(r.peak_rss_mb for r in rounds),
         router_peak_rss_mb=max(r.router_peak_rss_mb for r in rounds),
         top_errors=top,
+        cpu_ms_per_call={
+            name: 1000 * sum(r.service_cpu_s.get(name, 0.0) for r in rounds) / ok
+            for name in sorted({n for r in rounds for n in r.service_cpu_s})
+        }
+        if ok
+        else {},
     )
 
 

@@ -63,28 +63,38 @@ def _internal(method: str, exc: BaseException) -> InterlockError:
     return InterlockError("internal error", code=ErrorCode.INTERNAL)
 
 
+@contextlib.asynccontextmanager
+async def _served(method: str, path: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """One served call: its SERVER span, and every failure turned into its gRPC status."""
+    with server_span(path, context.invocation_metadata()) as span:
+        try:
+            yield
+        except InterlockError as exc:
+            record_server_code(span, exc.code.grpc_code, exc.message)
+            await abort_with(context, exc)
+            raise
+        except grpc.aio.AbortError:
+            record_server_code(span, _aborted_code(context))
+            raise
+        except asyncio.CancelledError:
+            record_server_code(span, grpc.StatusCode.CANCELLED)
+            if not context.cancelled():
+                # Not the caller's doing (it hung up or hit its deadline): say where it came from.
+                log.warning("call cancelled inside the service", exc_info=True, extra={"fields": {"method": method}})
+            raise
+        except Exception as exc:
+            record_server_code(span, grpc.StatusCode.INTERNAL)
+            await abort_with(context, _internal(method, exc))
+            raise
+        record_server_code(span, grpc.StatusCode.OK)
+
+
 def _unary(method: str, cls: type[pb_message.Message], impl: UnaryImpl) -> grpc.RpcMethodHandler[Any, Any]:
     path = _rpc_path(method)
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        with server_span(path, context.invocation_metadata()) as span:
-            try:
-                response = await impl(parse_request(cls, raw), context)
-            except InterlockError as exc:
-                record_server_code(span, exc.code.grpc_code, exc.message)
-                await abort_with(context, exc)
-                raise
-            except grpc.aio.AbortError:
-                record_server_code(span, _aborted_code(context))
-                raise
-            except asyncio.CancelledError:
-                record_server_code(span, grpc.StatusCode.CANCELLED)
-                raise
-            except Exception as exc:
-                record_server_code(span, grpc.StatusCode.INTERNAL)
-                await abort_with(context, _internal(method, exc))
-                raise
-            record_server_code(span, grpc.StatusCode.OK)
+        async with _served(method, path, context):
+            response = await impl(parse_request(cls, raw), context)
             return response.SerializeToString()
 
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -94,25 +104,9 @@ def _stream(method: str, cls: type[pb_message.Message], impl: StreamImpl) -> grp
     path = _rpc_path(method)
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-        with server_span(path, context.invocation_metadata()) as span:
-            try:
-                async for item in impl(parse_request(cls, raw), context):
-                    yield item.SerializeToString()
-            except InterlockError as exc:
-                record_server_code(span, exc.code.grpc_code, exc.message)
-                await abort_with(context, exc)
-                return
-            except grpc.aio.AbortError:
-                record_server_code(span, _aborted_code(context))
-                raise
-            except asyncio.CancelledError:
-                record_server_code(span, grpc.StatusCode.CANCELLED)
-                raise
-            except Exception as exc:  # noqa: BLE001 - every other failure is INTERNAL
-                record_server_code(span, grpc.StatusCode.INTERNAL)
-                await abort_with(context, _internal(method, exc))
-                return
-            record_server_code(span, grpc.StatusCode.OK)
+        async with _served(method, path, context):
+            async for item in impl(parse_request(cls, raw), context):
+                yield item.SerializeToString()
 
     return grpc.unary_stream_rpc_method_handler(handle)
 

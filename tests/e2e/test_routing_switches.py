@@ -235,13 +235,17 @@ async def _load_while_switching(
                 run_id=run_id,
             )
             # A replica that is draining or down refuses before doing anything: send the same
-            # request (same id) to the other one, as a load balancer would.
+            # request (same id) to the other one, as a load balancer would (Envoy's gRPC
+            # retry_on: unavailable, cancelled). gRPC may cancel a call that reached a replica
+            # around its stop, before or after a handler took it; the same request id makes a
+            # retry safe either way (one usage row per id, asserted below).
             for attempt in range(6):
                 stub = stubs[(n + i + attempt) % len(stubs)]
                 try:
                     r = await stub.Chat(router_pb2.ChatRequest(params=params), metadata=metadata, timeout=20)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < 5:
+                    retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                    if exc.code() in retryable and attempt < 5:
                         await asyncio.sleep(0.05)
                         continue
                     failures.append(f"{request_id}: {exc.code()} {exc.details()}")

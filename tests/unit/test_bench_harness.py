@@ -73,3 +73,20 @@ def test_generated_doc_section_is_delimited() -> None:
     text = Path(__file__).resolve().parents[2].joinpath("docs", "BENCHMARKS.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert text.index(BEGIN) < text.index(END)
+
+
+def test_cpu_per_call_is_split_by_process_and_rendered() -> None:
+    rounds = []
+    for index, (router_s, budget_s) in enumerate(((1.0, 0.5), (3.0, 0.5))):
+        r = _round("interlock-grpc", 100.0, [3.0] * 1000)
+        r.index = index
+        r.service_cpu_s = {"router": router_s, "budget": budget_s}
+        rounds.append(r)
+    row = merge(rounds)
+    # 4 s of router CPU over 2,000 answered calls: 2 ms a call; budget 0.5 ms.
+    assert row.cpu_ms_per_call == {"budget": 0.5, "router": 2.0}
+    table = render_table([row], {})
+    assert "| rate | path | budget | router | total |" in table
+    assert "| 100/s | interlock-grpc | 0.50 | 2.00 | 2.50 |" in table
+    # A gateway of one process (LiteLLM) has nothing to split: no such table.
+    assert "CPU per answered call" not in render_table([merge([_round("litellm-http", 50.0, [1.0] * 10)])], {})
