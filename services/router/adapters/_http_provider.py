@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 
 from interlock import _json
 
@@ -278,15 +277,13 @@ class HttpProvider:
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
-        self._headers = CIMultiDict(
-            {
-                **(headers or {}),
-                "content-type": "application/json",
-                "accept": "application/json",
-                "user-agent": "interlock-router",
-                **auth_headers,
-            }
-        )
+        self._headers = {
+            **(headers or {}),
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": "interlock-router",
+            **auth_headers,
+        }
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
