@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,8 +30,10 @@ def start_mesh(
     routing_path: str = "",
     fake_provider_port: int = 0,
     jaeger: str = "",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Mesh:
-    """The mesh as processes on free ports; `jaeger` is an OTLP/gRPC endpoint trace-ingest forwards to."""
+    """The mesh as processes on free ports; `jaeger` is an OTLP/gRPC endpoint trace-ingest forwards
+    to; `extra_env` adds settings (`INTERLOCK_ROUTER_...`) to every service's environment."""
     cfg = MeshConfig(
         data_dir=data_dir,
         router_port=free_port(),
@@ -46,6 +48,7 @@ def start_mesh(
         jaeger_otlp_endpoint=jaeger,
         routing_path=routing_path,
         trace_export_delay_ms=200,
+        extra_env=dict(extra_env or {}),
     )
     mesh = Mesh(cfg)
     mesh.start(timeout_s=120)

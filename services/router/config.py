@@ -46,6 +46,12 @@ class RouterSettings:
     """Life of a lease not renewed (the router died); the router renews leases in use."""
     budget_lease_idle_s: float = 2.0
     """An unused lease with no call in flight is given back after this long."""
+    max_in_flight: int = 1024
+    """Calls (streams included) one router serves at once; past it new calls get UNAVAILABLE
+    (HTTP 503) with a retry hint at once instead of queueing. 0: no cap."""
+    max_loop_lag_s: float = 0.1
+    """Shed new calls while the event loop stays this far behind (three 10 ms ticks in a row
+    each later than this): the router is short of CPU and a queued call would only wait. 0: off."""
     auth_cache_ttl_s: float = 30.0
     """How long a valid API key is trusted without asking the budget service again."""
     otlp_endpoint: str = ""

@@ -16,6 +16,7 @@ from interlock.router.v1 import router_pb2
 from interlock.services.router import config
 from interlock.services.router.adapters.budget_leases import LeasePolicy
 from interlock.services.router.adapters.live_routing import LiveRouting, RoutingSources
+from interlock.services.router.adapters.load_shedding import LoadShedder, SheddingPolicy
 from interlock.services.router.adapters.mesh_clients import BudgetClient, RateLimitClient
 from interlock.services.router.api.http_facade import HttpFacade
 from interlock.services.router.api.servicer import RouterServicer
@@ -46,10 +47,11 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         ChainExecutor(clock=time.monotonic, rng=random.Random(), sleep=asyncio.sleep),
         RedactionRules.from_settings(settings.redact_patterns, settings.redact_fields),
     )
-    servicer = RouterServicer(live, flow, budget)
+    shedder = LoadShedder(SheddingPolicy(max_in_flight=settings.max_in_flight, max_lag_s=settings.max_loop_lag_s))
+    servicer = RouterServicer(live, flow, budget, shedder)
     facade = (
         EmbeddedHttpServer(
-            HttpFacade(lambda: live.current, flow, budget.authenticate),
+            HttpFacade(lambda: live.current, flow, budget.authenticate, shedder),
             settings.http_host,
             settings.http_port,
             grace_s=settings.grace_s,
@@ -72,9 +74,11 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
     async def start() -> None:
         nonlocal watcher
         watcher = asyncio.create_task(live.watch(settings.reload_interval_s), name="routing-watch")
+        shedder.start()
         await start_facade()
 
     async def close() -> None:
+        await shedder.stop()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -30,6 +30,7 @@ from interlock._http import Receive, Scope, Send
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
 from interlock.services.router.adapters.live_routing import RoutingSnapshot
+from interlock.services.router.adapters.load_shedding import LoadShedder, SheddingPolicy
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
@@ -126,10 +127,12 @@ class HttpFacade:
         snapshot: Callable[[], RoutingSnapshot],
         flow: ChatFlow,
         authenticate: Callable[[str], Awaitable[Caller]],
+        shedder: LoadShedder | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._flow = flow
         self._authenticate = authenticate
+        self._shedder = shedder or LoadShedder(SheddingPolicy(max_in_flight=0, max_lag_s=0))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,11 +163,12 @@ class HttpFacade:
             if path in ("/v1/chat/completions", "/v1/messages"):
                 if method != "POST":
                     raise _Problem(405, f"Method {method} is not allowed on {path}.")
-                caller = await self._caller(headers)
-                body = await _read_json(receive)
-                if anthropic:
-                    return await self._messages(caller, body, headers, send)
-                return await self._chat_completions(caller, body, headers, send)
+                with self._shedder.admit():
+                    caller = await self._caller(headers)
+                    body = await _read_json(receive)
+                    if anthropic:
+                        return await self._messages(caller, body, headers, send)
+                    return await self._chat_completions(caller, body, headers, send)
             if path == "/healthz" and method == "GET":
                 return await _send_json(send, 200, {"status": "ok"})
             raise _Problem(404, f"Unknown path {method} {path}.")

@@ -16,6 +16,7 @@ from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, InvalidArgumentError
 from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.live_routing import LiveRouting
+from interlock.services.router.adapters.load_shedding import LoadShedder, SheddingPolicy
 from interlock.services.router.adapters.mesh_clients import BudgetClient
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
@@ -46,10 +47,13 @@ def api_key_of(context: Ctx) -> str:
 
 
 class RouterServicer:
-    def __init__(self, live: LiveRouting, flow: ChatFlow, auth: BudgetClient) -> None:
+    def __init__(
+        self, live: LiveRouting, flow: ChatFlow, auth: BudgetClient, shedder: LoadShedder | None = None
+    ) -> None:
         self.live = live
         self._flow = flow
         self._auth = auth
+        self._shedder = shedder or LoadShedder(SheddingPolicy(max_in_flight=0, max_lag_s=0))
 
     async def _caller(self, context: Ctx) -> Caller:
         key = api_key_of(context)
@@ -151,11 +155,12 @@ class RouterServicer:
         return response
 
     async def Chat(self, request: router_pb2.ChatRequest, context: Ctx) -> router_pb2.ChatResponse:
-        caller = await self._caller(context)
-        snap = self.live.current  # the call is pinned to this version to its end
-        call = self._call(snap.config, request.params)
-        _tag_span(call)
-        result = await self._flow.chat(caller, call, context.time_remaining(), snap.providers)
+        with self._shedder.admit():
+            caller = await self._caller(context)
+            snap = self.live.current  # the call is pinned to this version to its end
+            call = self._call(snap.config, request.params)
+            _tag_span(call)
+            result = await self._flow.chat(caller, call, context.time_remaining(), snap.providers)
         response = self._response(result)
         response.config_version = call.config_version
         return response
@@ -163,20 +168,21 @@ class RouterServicer:
     async def ChatStream(
         self, request: router_pb2.ChatStreamRequest, context: Ctx
     ) -> AsyncIterator[router_pb2.ChatStreamResponse]:
-        caller = await self._caller(context)
-        snap = self.live.current
-        call = self._call(snap.config, request.params)
-        _tag_span(call)
-        async for item in self._flow.stream(caller, call, context.time_remaining(), snap.providers):
-            if isinstance(item, str):
-                yield router_pb2.ChatStreamResponse(delta=item)
-            elif isinstance(item, StreamToolCallDelta):
-                yield router_pb2.ChatStreamResponse(
-                    tool_call=router_pb2.ToolCallDelta(
-                        index=item.index, id=item.id, name=item.name, arguments=item.arguments
+        with self._shedder.admit():
+            caller = await self._caller(context)
+            snap = self.live.current
+            call = self._call(snap.config, request.params)
+            _tag_span(call)
+            async for item in self._flow.stream(caller, call, context.time_remaining(), snap.providers):
+                if isinstance(item, str):
+                    yield router_pb2.ChatStreamResponse(delta=item)
+                elif isinstance(item, StreamToolCallDelta):
+                    yield router_pb2.ChatStreamResponse(
+                        tool_call=router_pb2.ToolCallDelta(
+                            index=item.index, id=item.id, name=item.name, arguments=item.arguments
+                        )
                     )
-                )
-            else:
-                done = self._response(item)
-                done.config_version = call.config_version
-                yield router_pb2.ChatStreamResponse(done=done)
+                else:
+                    done = self._response(item)
+                    done.config_version = call.config_version
+                    yield router_pb2.ChatStreamResponse(done=done)
