@@ -1,8 +1,9 @@
 """Tracing and structured logging, set up once per service process.
 
-Spans of served gRPC calls come from the server kit (interlock._rpc_tracing), the others
-from the OpenTelemetry contrib instrumentations (gRPC aio clients, aiohttp and httpx clients,
-aiokafka); all are exported over OTLP/gRPC to trace-ingest. Health and reflection calls are
+Spans of served gRPC calls come from the server kit (interlock._rpc_tracing), those of the
+router's provider requests from its adapters, the others from the OpenTelemetry contrib
+instrumentations (gRPC aio clients, httpx clients, aiokafka); all are exported over
+OTLP/gRPC to trace-ingest. Health and reflection calls are
 not traced, nor is the OTLP export path itself (it would trace its own export).
 """
 
@@ -56,9 +57,6 @@ def setup_tracing(
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     HTTPXClientInstrumentor().instrument()
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-
-    AioHttpClientInstrumentor().instrument()
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 
     AIOKafkaInstrumentor().instrument()

@@ -7,9 +7,10 @@ error bodies refine the canonical `ProviderErrorKind`.
 One long-lived `aiohttp.ClientSession` per provider (HTTP/1.1, pooled keep-alive
 connections), made on first use inside the router's event loop. aiohttp rather than httpx:
 on the router's hot path it costs a quarter of the CPU per request (`make bench`,
-docs/BENCHMARKS.md). It is a plain session on purpose: the OpenTelemetry aiohttp-client
-instrumentation hooks `ClientSession` itself, so these requests get client spans and a
-`traceparent` header without the adapters knowing about tracing.
+docs/BENCHMARKS.md). Every request carries the W3C `traceparent` of its attempt; a sampled
+attempt also gets a CLIENT span `POST` for the request (method, server, URL without its query,
+status), made here rather than by the OpenTelemetry aiohttp-client instrumentation, whose
+signal hooks cost the router a tenth of its CPU per call whether the call is sampled or not.
 
 `request.timeout_s` (capped by the provider's `timeout_s`) bounds the whole attempt, stream
 included. The API key never appears in an error, a log line or a repr: upstream messages are
@@ -22,10 +23,13 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from interlock import _json
 
@@ -35,6 +39,8 @@ from ..domain.provider import (
     ProviderRequest,
     ToolCall,
 )
+
+_tracer = trace.get_tracer("interlock.router.http")
 
 MESSAGE_LIMIT = 300
 """Longest upstream error text quoted in a ProviderError."""
@@ -330,18 +336,20 @@ class HttpProvider:
     ) -> dict[str, Any]:
         """POST a JSON body, return the JSON object answered; raises ProviderError."""
         limit = self._attempt_timeout(request)
-        try:
-            async with (
-                asyncio.timeout(limit),
-                self._client().post(
-                    self._url(path), data=_dumps(body), params=params, headers=self._request_headers(request)
-                ) as response,
-            ):
-                answer = HttpAnswer(response.status, response.headers, await response.read())
-        except TimeoutError:
-            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise self._transport_error(exc, limit) from exc
+        url = self._url(path)
+        headers = self._request_headers(request)
+        with _http_span(url, headers) as span:
+            try:
+                async with (
+                    asyncio.timeout(limit),
+                    self._client().post(url, data=_dumps(body), params=params, headers=headers) as response,
+                ):
+                    answer = HttpAnswer(response.status, response.headers, await response.read())
+            except TimeoutError:
+                raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise self._transport_error(exc, limit) from exc
+            _record_status(span, answer.status_code)
         if answer.status_code >= 300:
             raise self._status_error(answer)
         return self.json_object(answer.content)
@@ -359,26 +367,30 @@ class HttpProvider:
         limit = self._attempt_timeout(request)
         # One deadline for the whole stream, checked by every read.
         deadline = asyncio.get_running_loop().time() + limit
-        headers = {**(self._request_headers(request) or {}), "accept": accept}
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client().post(self._url(path), data=_dumps(body), params=params, headers=headers)
-        except TimeoutError:
-            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise self._transport_error(exc, limit) from exc
-        try:
-            if response.status >= 300:
-                content = b""
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        content = await response.read()
-                except (TimeoutError, aiohttp.ClientError):
-                    pass  # the status alone is enough to classify the failure
-                raise self._status_error(HttpAnswer(response.status, response.headers, content))
-            yield BodyChunks(self, response, deadline, limit)
-        finally:
-            response.release()
+        url = self._url(path)
+        headers = {**self._request_headers(request), "accept": accept}
+        # The span lasts until the body is done with: a stream's request ends with its last byte.
+        with _http_span(url, headers) as span:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._client().post(url, data=_dumps(body), params=params, headers=headers)
+            except TimeoutError:
+                raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise self._transport_error(exc, limit) from exc
+            _record_status(span, response.status)
+            try:
+                if response.status >= 300:
+                    content = b""
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            content = await response.read()
+                    except (TimeoutError, aiohttp.ClientError):
+                        pass  # the status alone is enough to classify the failure
+                    raise self._status_error(HttpAnswer(response.status, response.headers, content))
+                yield BodyChunks(self, response, deadline, limit)
+            finally:
+                response.release()
 
     @contextlib.asynccontextmanager
     async def _open_stream(
@@ -471,9 +483,51 @@ class HttpProvider:
         return min(request.timeout_s, self._timeout_s) if request.timeout_s > 0 else self._timeout_s
 
     @staticmethod
-    def _request_headers(request: ProviderRequest) -> dict[str, str] | None:
-        return {"x-request-id": request.request_id} if request.request_id else None
+    def _request_headers(request: ProviderRequest) -> dict[str, str]:
+        return {"x-request-id": request.request_id} if request.request_id else {}
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
     return _json.dumps(body)
+
+
+@contextlib.contextmanager
+def _http_span(url: str, headers: dict[str, str]) -> Iterator[Span | None]:
+    """Put the trace context in `headers` (always), under a CLIENT span for the request when
+    the attempt is sampled; yields that span, or None."""
+    if not trace.get_current_span().is_recording():
+        propagate.inject(headers)
+        yield None
+        return
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    span = _tracer.start_span(
+        "POST",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "POST",
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if secure else 80),
+            # Scheme, host and path only: a query string may carry a credential.
+            "url.full": f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}",
+        },
+    )
+    with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        propagate.inject(headers)
+        try:
+            yield span
+        except BaseException as exc:
+            # An HTTP error status is recorded already (`_record_status`).
+            if not (isinstance(exc, ProviderError) and exc.status_code is not None):
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+
+
+def _record_status(span: Span | None, status: int) -> None:
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 400:
+        span.set_attribute("error.type", str(status))
+        span.set_status(StatusCode.ERROR)
