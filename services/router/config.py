@@ -50,7 +50,7 @@ class RouterSettings:
     """Calls (streams included) one router serves at once; past it new calls get UNAVAILABLE
     (HTTP 503) with a retry hint at once instead of queueing. 0: no cap."""
     max_loop_lag_s: float = 0.1
-    """Shed new calls while the event loop stays this far behind (three 10 ms ticks in a row
+    """Shed new calls while the event loop stays this far behind (three 50 ms ticks in a row
     each later than this): the router is short of CPU and a queued call would only wait. 0: off."""
     auth_cache_ttl_s: float = 30.0
     """How long a valid API key is trusted without asking the budget service again."""

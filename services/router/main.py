@@ -78,7 +78,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         await start_facade()
 
     async def close() -> None:
-        await shedder.stop()
+        shedder.stop()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

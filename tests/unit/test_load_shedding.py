@@ -89,7 +89,7 @@ async def test_monitor_sees_a_blocked_loop_and_its_recovery() -> None:
         with shedder.admit():
             pass
     finally:
-        await shedder.stop()
+        shedder.stop()
 
 
 async def test_monitor_does_not_shed_for_one_pause() -> None:
@@ -103,4 +103,4 @@ async def test_monitor_does_not_shed_for_one_pause() -> None:
             assert not shedder.lagging
         assert shedder.peak_lag_s > 0.3
     finally:
-        await shedder.stop()
+        shedder.stop()

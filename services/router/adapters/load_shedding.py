@@ -33,8 +33,8 @@ class SheddingPolicy:
     """Calls in flight at most (streams count until they end); 0: no cap."""
     max_lag_s: float = 0.1
     """Event-loop lag past which the router sheds, once sustained; 0: lag is not watched."""
-    tick_s: float = 0.01
-    """How often the lag is measured."""
+    tick_s: float = 0.05
+    """How often the lag is measured (each tick costs a timer callback)."""
     late_ticks: int = 3
     """Consecutive ticks later than `max_lag_s` that count as sustained lag."""
     retry_after_s: float = 1.0
@@ -58,7 +58,7 @@ class LoadShedder:
         self.peak_lag_s = 0.0
         """The latest any tick woke."""
         self._late_in_a_row = 0
-        self._monitor: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def lagging(self) -> bool:
@@ -78,22 +78,21 @@ class LoadShedder:
 
     def start(self) -> None:
         """Start watching the event loop's lag (no-op when lag is not watched)."""
-        if self.policy.max_lag_s > 0 and self._monitor is None:
-            self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="loop-lag")
+        if self.policy.max_lag_s > 0 and self._timer is None:
+            self._schedule(asyncio.get_running_loop())
 
-    async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _watch(self) -> None:
-        tick = self.policy.tick_s
-        while True:
-            due = self._clock() + tick
-            await asyncio.sleep(tick)
-            self.observe_tick(max(0.0, self._clock() - due))
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A plain timer callback, not a task: the cheapest wake-up the loop has.
+        self._timer = loop.call_later(self.policy.tick_s, self._tick, loop, self._clock() + self.policy.tick_s)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self.observe_tick(max(0.0, self._clock() - due))
+        self._schedule(loop)
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
