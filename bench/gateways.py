@@ -154,8 +154,10 @@ descriptors:
 
 
 BENCH_ENV = {
-    # Calls reserve against a budget lease in memory; commits travel in batches.
+    # Calls reserve against a budget lease in memory; commits travel in batches, sent after
+    # the caller has its answer (the lease holds the worst case until the commit lands).
     "INTERLOCK_ROUTER_BUDGET_LEASE_USD": "0.05",
+    "INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER": "true",
     # 1% of traces, as a deployment at hundreds of calls a second would sample; usage events
     # (the accounting path) are written for every call regardless.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",

@@ -228,8 +228,11 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   trace-ingest) with every check on: API-key auth, rate-limit admission against rules covering
   every descriptor, and a budget reservation and commit against a project budget; limits and
   budget are large enough never to refuse. Reservations come from budget leases of $0.05
-  (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`, commits batched); every call's usage event is
-  written and ingested; traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
+  (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`) and commits follow the answer
+  (`INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true`, batched; the lease holds each call's worst
+  case until its commit lands); both are off by default. Every call's usage event is
+  written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
+  event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.
 - LiteLLM {v["litellm"]} (`litellm[proxy]` in its own venv; the newest release whose `proxy` extra
   installs from PyPI here, later ones pin packages that are not published): one worker, no

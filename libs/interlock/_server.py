@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -50,6 +51,15 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     any asyncio loop, so nothing else changes.
     """
     return uvloop.run(main)
+
+
+def freeze_startup_heap() -> None:
+    """Put what starting the service allocated (modules, protobuf descriptors, pricing tables,
+    config) out of the cycle collector's reach. A full collection otherwise walks all of it
+    (about 18 ms for the router's imports alone) and stalls whatever calls are in flight at
+    that moment; after this it walks only what serving allocates."""
+    gc.collect()
+    gc.freeze()
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: InterlockError) -> None:
@@ -192,6 +202,7 @@ class GrpcService:
         await server.start()
         for name in ("", *(d.full_name for d, _ in self.services)):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        freeze_startup_heap()
         log.info("serving", extra={"fields": {"address": f"{self.host}:{self.bound_port}"}})
         try:
             await stop.wait()

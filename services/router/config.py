@@ -42,6 +42,14 @@ class RouterSettings:
     0 turns leases off (every call makes an exact reservation on the budget service). With
     leases most calls reserve in memory and skip a round trip; budgets stay hard because a
     lease's hold counts as reserved spend on the budget service."""
+    commit_after_answer: bool = False
+    """Answer the caller before the budget service has the call's commit, saving that round
+    trip (a ledger transaction) on every call. Budgets stay hard: the reservation (or lease
+    hold) keeps the call's worst case until the commit lands. The commit is retried in the
+    background for up to `background_commit_s` and sent before the router stops; GetSpend and
+    budget alerts see the call a moment after the caller has its answer."""
+    background_commit_s: float = 120.0
+    """How long a commit sent after the answer is retried while the budget service is unreachable."""
     budget_lease_ttl_s: float = 30.0
     """Life of a lease not renewed (the router died); the router renews leases in use."""
     budget_lease_idle_s: float = 2.0

@@ -40,7 +40,13 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         ttl_s=settings.budget_lease_ttl_s,
         idle_s=settings.budget_lease_idle_s,
     )
-    budget = BudgetClient(settings.budget_target, settings.auth_cache_ttl_s, leases)
+    budget = BudgetClient(
+        settings.budget_target,
+        settings.auth_cache_ttl_s,
+        leases,
+        commit_after_answer=settings.commit_after_answer,
+        background_commit_s=settings.background_commit_s,
+    )
     flow = ChatFlow(
         ratelimit,
         budget,
@@ -85,7 +91,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
                 await watcher
         await live.aclose()
         await ratelimit.aclose()
-        await budget.aclose()
+        await budget.aclose(commit_grace_s=settings.grace_s)
 
     service = GrpcService(
         name="router",

@@ -193,10 +193,16 @@ LEASES = {"INTERLOCK_ROUTER_BUDGET_LEASE_USD": "0.05"}
 """Routers hold budget leases of $0.05 beyond the call that needs one (about 16 calls)."""
 
 
-@pytest.fixture(params=["sqlite", "postgres", "postgres+leases"])
+AFTER_ANSWER = {"INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER": "true"}
+"""Routers answer before the budget service has the commit (sent in the background)."""
+
+
+@pytest.fixture(params=["sqlite", "postgres", "postgres+leases", "sqlite+leases+after-answer"])
 def ledger_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "sqlite":
         return {}
+    if request.param == "sqlite+leases+after-answer":
+        return {**LEASES, **AFTER_ANSWER}
     env = {"INTERLOCK_BUDGET_DATABASE_URL": request.getfixturevalue("postgres_database")}
     return {**env, **LEASES} if request.param.endswith("+leases") else env
 
@@ -260,10 +266,18 @@ def test_denial_names_budget_limit_spend_and_reset_time(tmp_path: Path) -> None:
         mesh.stop()
 
 
-@pytest.mark.parametrize("leases", [False, True], ids=["reservations", "leases"])
-def test_kill_9_of_the_budget_service_loses_no_committed_spend(tmp_path: Path, leases: bool) -> None:
+@pytest.mark.parametrize(
+    ("leases", "after_answer"),
+    [(False, False), (True, False), (True, True)],
+    ids=["reservations", "leases", "leases+after-answer"],
+)
+def test_kill_9_of_the_budget_service_loses_no_committed_spend(
+    tmp_path: Path, leases: bool, after_answer: bool
+) -> None:
     ttl_s = 3
     lease_env = {**LEASES, "INTERLOCK_ROUTER_BUDGET_LEASE_TTL_S": str(ttl_s)} if leases else {}
+    if after_answer:
+        lease_env.update(AFTER_ANSWER)
     mesh = start_metered_mesh(tmp_path, INTERLOCK_BUDGET_RESERVATION_TTL_S=str(ttl_s), **lease_env)
     try:
         key = create_key(mesh, "crash", "carol")
@@ -286,8 +300,16 @@ def test_kill_9_of_the_budget_service_loses_no_committed_spend(tmp_path: Path, l
         wait_for(lambda: serving(mesh.cfg.target("budget")), "budget restart")
         ledger = SqliteLedger(mesh.cfg.data_dir.resolve() / "budget" / "ledger.db")
         try:
+            if after_answer:
+                # Commits sent after the answer were retried until the restarted service had them.
+                wait_for(
+                    lambda: True if ledger.ledger_total()[0] >= len(costs) else None,
+                    "every answered call's commit in the ledger",
+                    timeout_s=60,
+                )
             rows, total = ledger.ledger_total()
-            # Every call answered to its caller was committed before the answer left the router.
+            # Every call answered to its caller was committed (before the answer left the
+            # router, or after it when commits follow the answer).
             assert rows >= len(costs) and total >= sum(costs)
             # No reservation outlives its TTL: the restarted service frees what the dead one held.
             time.sleep(ttl_s + 2)

@@ -97,8 +97,12 @@ def test_idle_leases_are_given_back(tmp_path: Path) -> None:
 
     async def run() -> None:
         assert await book.grow_and_take("r1", CALLER, 1_000, 5.0)
-        assert book.settle("r1", 700)
+        lease_id = book.settle("r1", 700)
+        assert lease_id
+        assert ledger.commit(SettledUsage("r1", Principal("", "", ""), "openai", "m", 1, 1, 700, 0.0), [], lease_id)
+        await asyncio.sleep(0.2)  # idle, but its commit has not been reported as landed
         assert ledger.get_spend(PROJECT).reserved_nanos > 0
+        book.commit_done(lease_id)
         for _ in range(200):
             if ledger.get_spend(PROJECT).reserved_nanos == 0:
                 return

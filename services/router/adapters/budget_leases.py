@@ -48,6 +48,10 @@ class Lease:
     """Worst cases of calls reserved against the lease and not yet settled."""
     consumed: int = 0
     """Actual costs of calls settled under the lease."""
+    committing: int = 0
+    """Calls settled under the lease whose commit has not reached the budget service yet:
+    the lease is not closed while any is on its way (closing frees what the service has not
+    seen committed, which would free their money twice)."""
     seq: int = 0
     usable_until: float = 0.0
     """Monotonic time after which no new call is reserved against it (well before expiry)."""
@@ -83,6 +87,7 @@ class LeaseBook:
         self._clock = clock
         self._leases: dict[Caller, Lease] = {}
         self._held: dict[str, tuple[Lease, int]] = {}
+        self._committing: dict[str, Lease] = {}
         self._upkeep: asyncio.Task[None] | None = None
         self.local_reservations = 0
         """Calls reserved against a lease without a round trip."""
@@ -129,7 +134,9 @@ class LeaseBook:
             return False
 
     def settle(self, request_id: str, cost_nanos: int | None) -> str:
-        """The call's lease id ("" when it reserved on its own); cost None for a release."""
+        """The call's lease id ("" when it reserved on its own); cost None for a release.
+
+        A commit (cost given) is on its way from here until `commit_done(lease_id)`."""
         held = self._held.pop(request_id, None)
         if held is None:
             return ""
@@ -137,7 +144,18 @@ class LeaseBook:
         lease.inflight -= amount
         if cost_nanos is not None:
             lease.consumed += cost_nanos
+            lease.committing += 1
+            self._committing[lease.lease_id] = lease
         return lease.lease_id
+
+    def commit_done(self, lease_id: str) -> None:
+        """A commit settled under `lease_id` reached the budget service (or was given up)."""
+        lease = self._committing.get(lease_id)
+        if lease is None:
+            return
+        lease.committing -= 1
+        if lease.committing <= 0:
+            del self._committing[lease_id]
 
     async def _change(
         self, lease: Lease, timeout_s: float, grow: int = 0, give_back: int = 0, close: bool = False
@@ -186,9 +204,9 @@ class LeaseBook:
             if lease.inflight == 0 and self._leases.get(caller) is lease:
                 del self._leases[caller]
             return
-        if lease.inflight == 0 and now - lease.last_used >= self.policy.idle_s:
+        if lease.inflight == 0 and lease.committing == 0 and now - lease.last_used >= self.policy.idle_s:
             async with lease.lock:
-                if lease.inflight == 0 and not lease.closed:
+                if lease.inflight == 0 and lease.committing == 0 and not lease.closed:
                     await self._change(lease, 5.0, close=True)
             return
         if now >= lease.usable_until - self.policy.ttl_s / 4:
@@ -198,7 +216,9 @@ class LeaseBook:
                     await self._change(lease, 5.0)
 
     async def close_all(self) -> None:
-        """Give back every lease (graceful stop); what is in flight still commits."""
+        """Give back every lease (graceful stop); what is in flight still commits. The
+        router sends its pending commits first: a lease with commits on their way keeps its
+        hold until it expires."""
         if self._upkeep is not None:
             self._upkeep.cancel()
         for lease in list(self._leases.values()):
@@ -206,7 +226,7 @@ class LeaseBook:
                 continue
             async with lease.lock:
                 try:
-                    if lease.inflight:
+                    if lease.inflight or lease.committing:
                         # Calls still in flight keep their hold (it expires with the lease).
                         await self._change(lease, 5.0, give_back=max(0, lease.available))
                     else:

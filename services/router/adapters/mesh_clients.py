@@ -266,7 +266,15 @@ class BudgetClient:
     """Keys, reservations and commits on the budget service; with a lease policy, most calls
     reserve against a budget lease in memory and commits travel in batches."""
 
-    def __init__(self, target: str, auth_cache_ttl_s: float = 30.0, leases: LeasePolicy | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        auth_cache_ttl_s: float = 30.0,
+        leases: LeasePolicy | None = None,
+        *,
+        commit_after_answer: bool = False,
+        background_commit_s: float = 120.0,
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
         self._auth_ttl = auth_cache_ttl_s
@@ -274,6 +282,13 @@ class BudgetClient:
         self._auth_cache: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
         self.leases = LeaseBook(leases, self._lease_rpc) if leases is not None and leases.slice_nanos > 0 else None
         self._commits = CommitBatcher(self._commit_batch_rpc)
+        # With commit_after_answer, `commit` returns once the commit is queued; a task per
+        # commit sends it (batched) and retries until it lands or `background_commit_s` passes.
+        self._commit_after_answer = commit_after_answer
+        self._background_commit_s = background_commit_s
+        self._pending_commits: set[asyncio.Task[None]] = set()
+        self.commits_lost = 0
+        """Commits given up after retrying (their reservations expire); logged as errors."""
 
     async def _lease_rpc(self, request: budget_pb2.LeaseRequest, timeout_s: float) -> budget_pb2.LeaseResponse:
         try:
@@ -375,19 +390,57 @@ class BudgetClient:
             lease_id=self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else "",
             provider_attempts=provider_attempts,
         )
-        # A commit must land: retry transient failures; the call is idempotent by request id.
+        if self._commit_after_answer:
+            task = asyncio.get_running_loop().create_task(self._commit_in_background(request))
+            self._pending_commits.add(task)
+            task.add_done_callback(self._pending_commits.discard)
+            return
+        try:
+            await self._send_commit(request, time.monotonic() + 1.0)
+        finally:
+            if self.leases is not None and request.lease_id:
+                self.leases.commit_done(request.lease_id)
+
+    async def _send_commit(self, request: budget_pb2.CommitRequest, retry_until: float) -> None:
+        """Send one commit, retrying transient failures (backoff from 50 ms, at most 2 s)
+        until `retry_until`; the call is idempotent by request id."""
         delay = 0.05
-        for attempt in range(5):
+        while True:
             try:
                 await self._commits.commit(request)
                 return
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or attempt == 4:
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise _error(exc, "budget") from None
-                log.warning("budget commit failed; retrying", extra={"fields": {"request_id": call.request_id}})
+                if time.monotonic() + delay > retry_until:
+                    raise _error(exc, "budget") from None
+                log.warning("budget commit failed; retrying", extra={"fields": {"request_id": request.request_id}})
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 2.0)
+
+    async def _commit_in_background(self, request: budget_pb2.CommitRequest) -> None:
+        try:
+            await self._send_commit(request, time.monotonic() + self._background_commit_s)
+        except InterlockError as exc:
+            # The caller has its answer; the reservation (or lease hold) expires on its own.
+            self.commits_lost += 1
+            log.error(
+                "budget commit given up; the call's usage is not in the ledger",
+                extra={
+                    "fields": {"request_id": request.request_id, "cost_nanos": request.cost_nanos, "error": str(exc)}
+                },
+            )
+        finally:
+            if self.leases is not None and request.lease_id:
+                self.leases.commit_done(request.lease_id)
+
+    async def flush_commits(self, timeout_s: float) -> bool:
+        """Wait for the commits sent after their answers; False when some are still pending."""
+        if not self._pending_commits:
+            return True
+        _, pending = await asyncio.wait(set(self._pending_commits), timeout=timeout_s)
+        return not pending
 
     async def release(self, request_id: str) -> None:
         if self.leases is not None and self.leases.settle(request_id, None):
@@ -400,7 +453,15 @@ class BudgetClient:
             # The reservation expires on its own; the caller's error matters more than this one.
             log.warning("budget release failed; reservation will expire", extra={"fields": {"request_id": request_id}})
 
-    async def aclose(self) -> None:
+    async def aclose(self, commit_grace_s: float = 30.0) -> None:
+        # Commits first: a lease closed under a commit still on its way would free its money twice.
+        if not await self.flush_commits(commit_grace_s):
+            log.error(
+                "router stopping with budget commits not sent",
+                extra={"fields": {"pending": len(self._pending_commits)}},
+            )
+            for task in set(self._pending_commits):
+                task.cancel()
         if self.leases is not None:
             await self.leases.close_all()
         await self._channel.close()
