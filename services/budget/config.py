@@ -27,6 +27,9 @@ class BudgetSettings:
     """Local durable spool file, used when no Kafka is configured."""
     alerts_spool_path: str = "var/spool/alerts.db"
     """Local durable spool of alert events, used when no Kafka is configured."""
+    publish_linger_s: float = 0.02
+    """After a commit, how long usage events wait for others to leave in the same publish
+    (one spool transaction or Kafka round trip for all of them); 0: publish at once."""
     reservation_ttl_s: float = 120.0
     """Default life of a reservation whose caller never commits or releases it."""
     lease_ttl_s: float = 30.0

@@ -49,7 +49,9 @@ async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = No
         lease_ttl_s=settings.lease_ttl_s,
         lease_max_share=settings.lease_max_share,
     )
-    publisher = OutboxPublisher(ledger, sink, servicer.run_in_ledger_thread, alert_sink=alert_sink)
+    publisher = OutboxPublisher(
+        ledger, sink, servicer.run_in_ledger_thread, alert_sink=alert_sink, linger_s=settings.publish_linger_s
+    )
     expiry: asyncio.Task[None] | None = None
 
     async def start() -> None:

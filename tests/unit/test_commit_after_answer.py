@@ -40,12 +40,16 @@ class GatedServicer(BudgetServicer):
         super().__init__(ledger, 60.0, on_commit=lambda: None)
         self.gate = asyncio.Event()
         self.gate.set()
+        self.batches: list[int] = []
+        """Commits per Commit / CommitBatch call received."""
 
     async def Commit(self, request: budget_pb2.CommitRequest, context: Any) -> budget_pb2.CommitResponse:
+        self.batches.append(1)
         await self.gate.wait()
         return await super().Commit(request, context)
 
     async def CommitBatch(self, request: budget_pb2.CommitBatchRequest, context: Any) -> budget_pb2.CommitBatchResponse:
+        self.batches.append(len(request.commits))
         await self.gate.wait()
         return await super().CommitBatch(request, context)
 
@@ -180,5 +184,30 @@ async def test_an_idle_lease_is_not_closed_while_a_commit_under_it_is_on_its_way
         assert budget.spend()[1] >= 1_000  # still leased: the commit has not landed
         budget.servicer.gate.set()
         await wait_until(lambda: budget.spend() == (250, 0), "the commit, then the idle lease closed")
+    finally:
+        await client.aclose()
+
+
+async def test_commits_sent_after_their_answers_share_a_round_trip(budget: Budget) -> None:
+    client = BudgetClient(f"127.0.0.1:{budget.port}", commit_after_answer=True)
+    try:
+        for i in range(5):
+            assert (await client.reserve(f"r{i}", CALLER, 1_000, 5.0)).granted
+        for i in range(5):  # five calls answered within the commit linger
+            await commit(client, f"r{i}", 100)
+        assert await client.flush_commits(5.0)
+        assert budget.servicer.batches == [5]
+        assert budget.spend() == (500, 0)
+    finally:
+        await client.aclose()
+
+
+async def test_a_commit_the_caller_waits_for_goes_out_at_once(budget: Budget) -> None:
+    client = BudgetClient(f"127.0.0.1:{budget.port}")
+    try:
+        assert (await client.reserve("r1", CALLER, 1_000, 5.0)).granted
+        await commit(client, "r1", 100)  # returns once the service has it
+        assert budget.servicer.batches == [1]
+        assert budget.spend() == (100, 0)
     finally:
         await client.aclose()

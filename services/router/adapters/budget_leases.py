@@ -247,9 +247,13 @@ class CommitBatcher:
         self,
         send: Callable[[list[budget_pb2.CommitRequest]], Awaitable[list[budget_pb2.CommitResponse]]],
         max_batch: int = 256,
+        linger_s: float = 0.0,
     ) -> None:
+        """`linger_s`: how long the first commit after a quiet spell waits for company; 0 for
+        commits a caller waits on, a few milliseconds for commits sent after the answer."""
         self._send = send
         self._max = max_batch
+        self._linger_s = linger_s
         self._queue: list[tuple[budget_pb2.CommitRequest, asyncio.Future[budget_pb2.CommitResponse]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -261,6 +265,8 @@ class CommitBatcher:
         return await future
 
     async def _drain(self) -> None:
+        if self._linger_s > 0:
+            await asyncio.sleep(self._linger_s)
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             try:

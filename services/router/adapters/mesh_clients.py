@@ -34,6 +34,8 @@ RATE_LIMIT_DOMAIN = "interlock"
 _RATELIMIT = "/interlock.ratelimit.v1.RateLimitService/"
 _BUDGET = "/interlock.budget.v1.BudgetService/"
 _CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)]
+# How long a commit sent after the answer waits for others to share its CommitBatch.
+_BACKGROUND_COMMIT_LINGER_S = 0.01
 # Corrections one admission carries at most; the rest wait for the next one or the flush.
 _MAX_CARRIED_CORRECTIONS = 256
 
@@ -281,7 +283,10 @@ class BudgetClient:
         # Valid keys only, bounded; a revoked key stops working within the TTL.
         self._auth_cache: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
         self.leases = LeaseBook(leases, self._lease_rpc) if leases is not None and leases.slice_nanos > 0 else None
-        self._commits = CommitBatcher(self._commit_batch_rpc)
+        # Commits no caller waits for linger a little, so more of them share a round trip.
+        self._commits = CommitBatcher(
+            self._commit_batch_rpc, linger_s=_BACKGROUND_COMMIT_LINGER_S if commit_after_answer else 0.0
+        )
         # With commit_after_answer, `commit` returns once the commit is queued; a task per
         # commit sends it (batched) and retries until it lands or `background_commit_s` passes.
         self._commit_after_answer = commit_after_answer
