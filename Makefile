@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback clean
+.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: install
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 # The first benchmark: mesh vs the built-in fake provider, in-process load at one rate.
+# A/B of mesh settings at one rate: latency and CPU per call by process, e.g.
+# make bench-probe PROBE_ARGS="--rate 100 --variant X=false --variant X=true"
+bench-probe: install
+	bash bench/deps.sh
+	$(BIN)/python -m bench.probe $(PROBE_ARGS)
+
 bench-overhead: install
 	$(BIN)/python -m benchmarks.router_overhead
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -169,7 +169,8 @@ BENCH_ENV = {
 class InterlockGateway:
     """The embedded mesh with auth, rate-limit and budget checks on, routed to the upstream."""
 
-    def __init__(self, upstream_url: str) -> None:
+    def __init__(self, upstream_url: str, env: Mapping[str, str] | None = None) -> None:
+        """`env`: settings over BENCH_ENV's (`bench.probe` compares variants this way)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="interlock-bench-mesh-")
         data = Path(self._tmp.name)
         (data / "routing.yaml").write_text(routing_yaml(upstream_url))
@@ -184,7 +185,7 @@ class InterlockGateway:
             routing_path=str(data / "routing.yaml"),
             limits_path=str(data / "limits.yaml"),
             fake_provider=False,
-            extra_env=BENCH_ENV,
+            extra_env={**BENCH_ENV, **(env or {})},
         )
         self.mesh = Mesh(self.cfg)
         self.api_key = ""

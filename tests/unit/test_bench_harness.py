@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bench.gateways import LIMITS_YAML, MODELS, routing_yaml
@@ -90,3 +91,27 @@ def test_cpu_per_call_is_split_by_process_and_rendered() -> None:
     assert "| 100/s | interlock-grpc | 0.50 | 2.00 | 2.50 |" in table
     # A gateway of one process (LiteLLM) has nothing to split: no such table.
     assert "CPU per answered call" not in render_table([merge([_round("litellm-http", 50.0, [1.0] * 10)])], {})
+
+
+def test_probe_variants_parse_and_refuse_malformed_items() -> None:
+    from bench.probe import parse_variant
+
+    assert parse_variant("") == {}
+    assert parse_variant("A=1, B=x=y") == {"A": "1", "B": "x=y"}
+    for bad in ("A", "=1", "A=1,B"):
+        with pytest.raises(ValueError, match="NAME=VALUE"):
+            parse_variant(bad)
+
+
+def test_probe_round_gives_latency_and_cpu_per_answered_call() -> None:
+    from bench.load import RunResult
+    from bench.probe import round_figures
+
+    result = RunResult(
+        [float(i) for i in range(1, 101)], ok=100, errors=4, error_kinds={}, first_send_s=0, last_done_s=1
+    )
+    figures = round_figures(result, {"router": 0.2, "budget": 0.1}, {"router": 130.0})
+    assert (figures["p50_ms"], figures["p99_ms"], figures["errors"]) == (50.0, 99.0, 4.0)
+    assert figures["cpu_ms_per_call.router"] == pytest.approx(2.0)  # 200 ms over the 100 answered
+    assert figures["cpu_ms_per_call.total"] == pytest.approx(3.0)
+    assert figures["peak_rss_mb.router"] == 130.0

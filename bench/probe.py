@@ -1,0 +1,159 @@
+"""A/B of mesh settings at one rate: latency and CPU per call by process (`make bench-probe`).
+
+Starts nginx (the same fixed upstream as `make bench`) and one benchmark mesh per variant,
+each with the environment of `bench/gateways.py` plus that variant's settings, then drives
+every variant's HTTP facade (unary chat completions) open-loop with vegeta at `--rate`,
+`--rounds` times for `--seconds`, in an order reversed every round so machine drift hits
+all variants alike. It reports, per variant, the median over rounds of p50/p90/p99 latency
+of CPU milliseconds per answered call and peak RSS of each mesh process, and the errors.
+
+    python -m bench.probe --rate 100                                  # the bench mesh as it is
+    python -m bench.probe --rate 100 --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=false \\
+        --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true --rounds 4 --json
+
+A variant is a comma-separated list of NAME=VALUE settings ("" for the mesh as it is). This
+is the tool behind the per-change figures in docs/BENCHMARKS.md; `make bench` remains the
+reference comparison against LiteLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .gateways import InterlockGateway, NginxUpstream
+from .load import Endpoint, RunResult, run_vegeta
+from .stats import percentile
+from .tools import commit, find_tools
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    """Per round: p50/p90/p99 ms, errors, `cpu_ms_per_call.<process>`, `peak_rss_mb.<process>`."""
+
+    def median(self, key: str) -> float:
+        values = [r[key] for r in self.rounds if key in r]
+        return statistics.median(values) if values else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        keys = sorted({k for r in self.rounds for k in r})
+        return {k: round(self.median(k), 3) for k in keys}
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    """`A=1,B=2` as a dict; "" for no settings. Raises ValueError naming a malformed item."""
+    settings: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"variant item {item!r} is not NAME=VALUE")
+        settings[name] = value
+    return settings
+
+
+def round_figures(
+    result: RunResult, cpu_s: dict[str, float], peak_rss_mb: dict[str, float] | None = None
+) -> dict[str, float]:
+    latencies = result.latencies_ms
+    answered = max(1, result.ok)
+    figures = {
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "errors": float(result.errors),
+    }
+    for name, seconds in cpu_s.items():
+        figures[f"cpu_ms_per_call.{name}"] = 1000 * seconds / answered
+    figures["cpu_ms_per_call.total"] = 1000 * sum(cpu_s.values()) / answered
+    for name, mb in (peak_rss_mb or {}).items():
+        figures[f"peak_rss_mb.{name}"] = mb
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second (100)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of one round (15)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per variant (3)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=VALUE[,NAME=VALUE...]; repeat for each variant"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        variants = [(text, parse_variant(text)) for text in (args.variant or [""])]
+    except ValueError as exc:
+        parser.error(str(exc))
+    tools = find_tools(need_litellm=False)
+    work = Path(tempfile.mkdtemp(prefix="interlock-probe-"))
+    upstream = NginxUpstream(work / "nginx", tools.nginx).start()
+    gateways: list[tuple[str, InterlockGateway]] = []
+    results = {text: VariantResult(text or "(as configured)") for text, _ in variants}
+    try:
+        for text, env in variants:
+            print(f"probe: starting a mesh for {text or '(as configured)'}", file=sys.stderr, flush=True)
+            gateways.append((text, InterlockGateway(upstream.url, env).start()))
+        for round_no in range(args.rounds):
+            order = gateways if round_no % 2 == 0 else gateways[::-1]
+            for text, gateway in order:
+                endpoint = Endpoint(
+                    "interlock-http",
+                    "interlock",
+                    False,
+                    "",
+                    url=f"{gateway.http_url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {gateway.api_key}"},
+                    model="bench-unary",
+                )
+                if round_no == 0:
+                    run_vegeta(tools, endpoint, 20, 3, work)  # warm connections and caches
+                group = gateway.processes()
+                group.reset_peak()
+                before = {name: group.cpu_seconds(name) for name in group.roots}
+                result, _ = run_vegeta(tools, endpoint, args.rate, args.seconds, work)
+                cpu = {name: group.cpu_seconds(name) - before[name] for name in group.roots}
+                rss = {name: group.peak_rss_mb(name) for name in group.roots}
+                results[text].rounds.append(round_figures(result, cpu, rss))
+                print(
+                    f"probe: round {round_no + 1}/{args.rounds} {text or '(as configured)'}: "
+                    f"p50 {results[text].rounds[-1]['p50_ms']:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        for _, gateway in gateways:
+            gateway.stop()
+        upstream.stop()
+    report = {
+        "command": "python -m bench.probe " + " ".join(sys.argv[1:] if argv is None else argv),
+        "interlock_commit": commit(),
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "variants": [{**asdict(r), "median": r.summary()} for r in results.values()],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for r in results.values():
+        med = r.summary()
+        per_process = ", ".join(
+            f"{k.split('.', 1)[1]} {v:.2f}" for k, v in med.items() if k.startswith("cpu_ms_per_call.")
+        )
+        print(
+            f"{r.variant}: p50 {med['p50_ms']:.2f} p90 {med['p90_ms']:.2f} p99 {med['p99_ms']:.2f} ms, "
+            f"errors {med['errors']:.0f}; CPU ms per call: {per_process}; "
+            f"router peak RSS {med.get('peak_rss_mb.router', float('nan')):.0f} MB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
