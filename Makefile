@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback clean
+.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,6 +73,9 @@ bench-ingest: install
 
 bench-fallback: install
 	$(BIN)/python -m benchmarks.fallback_overhead
+
+bench-grpc-hop: install
+	$(BIN)/python -m benchmarks.grpc_hop
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
