@@ -102,6 +102,13 @@ def unsampled(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TracerProvider,
     yield from _tracing(monkeypatch, ALWAYS_OFF)
 
 
+@pytest.fixture
+async def adapter(upstream: tuple[str, list[dict[str, str]]]) -> AsyncIterator[OpenAIProvider]:
+    provider = OpenAIProvider(name="openai", base_url=upstream[0], api_key="sk-test-0123456789")
+    yield provider
+    await provider.aclose()
+
+
 def _parent(headers: dict[str, str]) -> tuple[int, int, bool]:
     """Trace id, parent span id and the sampled flag of a request's `traceparent`."""
     version, trace_id, span_id, flags = headers["traceparent"].split("-")
@@ -114,18 +121,16 @@ def _posts(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
 
 
 async def test_sampled_attempt_gets_a_client_span_whose_context_reaches_the_provider(
-    upstream: tuple[str, list[dict[str, str]]], sampled: tuple[TracerProvider, InMemorySpanExporter]
+    upstream: tuple[str, list[dict[str, str]]],
+    sampled: tuple[TracerProvider, InMemorySpanExporter],
+    adapter: OpenAIProvider,
 ) -> None:
     url, seen = upstream
     provider, exporter = sampled
-    adapter = OpenAIProvider(name="openai", base_url=url, api_key="sk-test-0123456789")
-    try:
-        with provider.get_tracer("t").start_as_current_span("chat gpt-4o-mini") as attempt:
-            await adapter.chat(make_request())
-            items = await collect(adapter, make_request())
-        assert isinstance(items[-1], StreamEnd)
-    finally:
-        await adapter.aclose()
+    with provider.get_tracer("t").start_as_current_span("chat gpt-4o-mini") as attempt:
+        await adapter.chat(make_request())
+        items = await collect(adapter, make_request())
+    assert isinstance(items[-1], StreamEnd)
     posts = _posts(exporter)
     assert len(posts) == 2
     for post, headers in zip(posts, seen, strict=True):
@@ -143,32 +148,25 @@ async def test_sampled_attempt_gets_a_client_span_whose_context_reaches_the_prov
 
 
 async def test_error_status_marks_the_span(
-    upstream: tuple[str, list[dict[str, str]]], sampled: tuple[TracerProvider, InMemorySpanExporter]
+    sampled: tuple[TracerProvider, InMemorySpanExporter], adapter: OpenAIProvider
 ) -> None:
-    url, _ = upstream
     provider, exporter = sampled
-    adapter = OpenAIProvider(name="openai", base_url=url, api_key="sk-test-0123456789")
-    try:
-        with provider.get_tracer("t").start_as_current_span("chat fail"), pytest.raises(ProviderError):
-            await adapter.chat(make_request(upstream_model="fail"))
-    finally:
-        await adapter.aclose()
+    with provider.get_tracer("t").start_as_current_span("chat fail"), pytest.raises(ProviderError):
+        await adapter.chat(make_request(upstream_model="fail"))
     (post,) = _posts(exporter)
     assert post.attributes is not None and post.attributes["http.response.status_code"] == 500
     assert post.status.status_code == StatusCode.ERROR
 
 
 async def test_unsampled_attempt_sends_its_context_without_a_span(
-    upstream: tuple[str, list[dict[str, str]]], unsampled: tuple[TracerProvider, InMemorySpanExporter]
+    upstream: tuple[str, list[dict[str, str]]],
+    unsampled: tuple[TracerProvider, InMemorySpanExporter],
+    adapter: OpenAIProvider,
 ) -> None:
-    url, seen = upstream
+    _, seen = upstream
     provider, exporter = unsampled
-    adapter = OpenAIProvider(name="openai", base_url=url, api_key="sk-test-0123456789")
-    try:
-        with provider.get_tracer("t").start_as_current_span("chat gpt-4o-mini") as attempt:
-            await adapter.chat(make_request())
-    finally:
-        await adapter.aclose()
+    with provider.get_tracer("t").start_as_current_span("chat gpt-4o-mini") as attempt:
+        await adapter.chat(make_request())
     assert exporter.get_finished_spans() == ()
     ctx = attempt.get_span_context()
     assert _parent(seen[0]) == (ctx.trace_id, ctx.span_id, False)
