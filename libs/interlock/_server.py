@@ -56,7 +56,7 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
 def freeze_startup_heap() -> None:
     """Put what starting the service allocated (modules, protobuf descriptors, pricing tables,
     config) out of the cycle collector's reach. A full collection otherwise walks all of it
-    (about 18 ms for the router's imports alone) and stalls whatever calls are in flight at
+    (12-18 ms for the router's imports alone) and stalls whatever calls are in flight at
     that moment; after this it walks only what serving allocates."""
     gc.collect()
     gc.freeze()

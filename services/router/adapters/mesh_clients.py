@@ -401,16 +401,21 @@ class BudgetClient:
             task.add_done_callback(self._pending_commits.discard)
             return
         try:
-            await self._send_commit(request, time.monotonic() + 1.0)
+            # The caller waits: five attempts, as before (backoff 50 ms to 400 ms).
+            await self._send_commit(request, max_attempts=5)
         finally:
             if self.leases is not None and request.lease_id:
                 self.leases.commit_done(request.lease_id)
 
-    async def _send_commit(self, request: budget_pb2.CommitRequest, retry_until: float) -> None:
-        """Send one commit, retrying transient failures (backoff from 50 ms, at most 2 s)
-        until `retry_until`; the call is idempotent by request id."""
+    async def _send_commit(
+        self, request: budget_pb2.CommitRequest, *, max_attempts: int = 0, retry_until: float = 0.0
+    ) -> None:
+        """Send one commit, retrying transient failures (backoff from 50 ms, at most 2 s) for
+        `max_attempts` attempts or until `retry_until` (monotonic); idempotent by request id."""
         delay = 0.05
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 await self._commits.commit(request)
                 return
@@ -418,7 +423,9 @@ class BudgetClient:
                 code = exc.code()
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise _error(exc, "budget") from None
-                if time.monotonic() + delay > retry_until:
+                if (max_attempts and attempt >= max_attempts) or (
+                    retry_until and time.monotonic() + delay > retry_until
+                ):
                     raise _error(exc, "budget") from None
                 log.warning("budget commit failed; retrying", extra={"fields": {"request_id": request.request_id}})
                 await asyncio.sleep(delay)
@@ -426,8 +433,8 @@ class BudgetClient:
 
     async def _commit_in_background(self, request: budget_pb2.CommitRequest) -> None:
         try:
-            await self._send_commit(request, time.monotonic() + self._background_commit_s)
-        except InterlockError as exc:
+            await self._send_commit(request, retry_until=time.monotonic() + self._background_commit_s)
+        except Exception as exc:  # noqa: BLE001 - nobody awaits this task: log, count, go on
             # The caller has its answer; the reservation (or lease hold) expires on its own.
             self.commits_lost += 1
             log.error(
