@@ -103,8 +103,7 @@ class OutboxPublisher:
         self._batch_size = batch_size
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._stop_requested = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def notify(self) -> None:
         """A commit wrote an outbox row: publish soon."""
@@ -117,8 +116,7 @@ class OutboxPublisher:
         self._task = asyncio.create_task(self._run_loop(), name="outbox-publisher")
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._stop_requested.set()
+        self._stopping.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -134,12 +132,12 @@ class OutboxPublisher:
                 backoff = 0.1
             except Exception:
                 log.exception("publishing usage events failed; will retry", extra={"fields": {"backoff_s": backoff}})
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if self._stopping and published == 0:
+            if self._stopping.is_set() and published == 0:
                 return
             if published >= self._batch_size:
                 continue  # a full batch: more may be waiting
@@ -148,10 +146,10 @@ class OutboxPublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
             self._wake.clear()
-            if self._linger_s > 0 and not self._stopping:
+            if self._linger_s > 0 and not self._stopping.is_set():
                 # A stop cuts the linger short: what is pending leaves now.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), timeout=self._linger_s)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self._linger_s)
 
     async def _drain_once(self) -> int:
         entries: list[OutboxEntry] = await self._run(self._ledger.pending_events, self._batch_size)  # type: ignore[assignment]

@@ -60,6 +60,11 @@ class LoadShedder:
         self._late_in_a_row = 0
         self._timer: asyncio.TimerHandle | None = None
 
+    @classmethod
+    def off(cls) -> LoadShedder:
+        """A shedder that admits every call (for servers built without one)."""
+        return cls(SheddingPolicy(max_in_flight=0, max_lag_s=0))
+
     @property
     def lagging(self) -> bool:
         return self.policy.max_lag_s > 0 and self._late_in_a_row >= self.policy.late_ticks

@@ -30,7 +30,7 @@ from interlock._http import Receive, Scope, Send
 from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
 from interlock.services.router.adapters.live_routing import RoutingSnapshot
-from interlock.services.router.adapters.load_shedding import LoadShedder, SheddingPolicy
+from interlock.services.router.adapters.load_shedding import LoadShedder
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
@@ -132,7 +132,7 @@ class HttpFacade:
         self._snapshot = snapshot
         self._flow = flow
         self._authenticate = authenticate
-        self._shedder = shedder or LoadShedder(SheddingPolicy(max_in_flight=0, max_lag_s=0))
+        self._shedder = shedder or LoadShedder.off()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

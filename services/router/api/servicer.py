@@ -16,7 +16,7 @@ from interlock._telemetry import current_trace_id
 from interlock.errors import AuthenticationError, InvalidArgumentError
 from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.live_routing import LiveRouting
-from interlock.services.router.adapters.load_shedding import LoadShedder, SheddingPolicy
+from interlock.services.router.adapters.load_shedding import LoadShedder
 from interlock.services.router.adapters.mesh_clients import BudgetClient
 from interlock.services.router.domain.chat import ChatCall, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
@@ -53,7 +53,7 @@ class RouterServicer:
         self.live = live
         self._flow = flow
         self._auth = auth
-        self._shedder = shedder or LoadShedder(SheddingPolicy(max_in_flight=0, max_lag_s=0))
+        self._shedder = shedder or LoadShedder.off()
 
     async def _caller(self, context: Ctx) -> Caller:
         key = api_key_of(context)
