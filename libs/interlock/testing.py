@@ -31,9 +31,11 @@ def start_mesh(
     fake_provider_port: int = 0,
     jaeger: str = "",
     extra_env: Mapping[str, str] | None = None,
+    limits_path: str = "",
 ) -> Mesh:
     """The mesh as processes on free ports; `jaeger` is an OTLP/gRPC endpoint trace-ingest forwards
-    to; `extra_env` adds settings (`INTERLOCK_ROUTER_...`) to every service's environment."""
+    to; `extra_env` adds settings (`INTERLOCK_ROUTER_...`) to every service's environment;
+    `limits_path` is the rate-limiter's limits file (none: no limits)."""
     cfg = MeshConfig(
         data_dir=data_dir,
         router_port=free_port(),
@@ -47,6 +49,7 @@ def start_mesh(
         redis_url=redis,
         jaeger_otlp_endpoint=jaeger,
         routing_path=routing_path,
+        limits_path=limits_path,
         trace_export_delay_ms=200,
         extra_env=dict(extra_env or {}),
     )

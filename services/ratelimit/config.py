@@ -21,6 +21,12 @@ class RateLimitSettings:
     """How often the limits file is checked for changes (hot reload)."""
     overrides_refresh_s: float = 1.0
     """How often runtime overrides set through another replica are read from Redis."""
+    lease_fill: float = 0.5
+    """Leases (LeaseHits) are granted only while every enforced counter they charge stays
+    within this share of its limit; past it, callers ask per call, and the last hits of a
+    window go exactly to whoever asks first."""
+    max_lease_ms: int = 5000
+    """Longest lease granted; a lease is also at most a twentieth of its shortest window."""
     otlp_endpoint: str = ""
     """OTLP/gRPC endpoint for spans; empty disables export."""
     log_level: str = "info"

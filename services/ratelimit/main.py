@@ -36,7 +36,7 @@ async def _every(interval_s: float, action_name: str, action: Callable[[], Await
 
 async def serve(settings: config.RateLimitSettings, stop: asyncio.Event | None = None) -> None:
     store: WindowStore = RedisWindowStore(settings.redis_url) if settings.redis_url else MemoryWindowStore()
-    servicer = RateLimitServicer(LimitConfig(), store)
+    servicer = RateLimitServicer(LimitConfig(), store, settings.lease_fill, settings.max_lease_ms)
     tasks: list[asyncio.Task[None]] = []
     if settings.limits_path:
         watcher = FileWatcher(settings.limits_path, parse_limits_yaml, servicer.swap_config, settings.reload_interval_s)

@@ -35,6 +35,16 @@ class RouterSettings:
     ratelimit_timeout_s: float = 0.5
     """Longest wait for a rate-limit decision (capped by the caller's deadline) before the
     rules' failure modes apply."""
+    ratelimit_lease_ms: int = 0
+    """Rate-limit leases: admit most calls from blocks of hits the rate-limiter granted for
+    this long (it may grant less: at most a twentieth of the shortest window), asked for in
+    the background, so a call makes no round trip to the limiter. Limits stay exact across
+    replicas (a lease's hits count from its grant to a window after its end); the limiter
+    grants leases only below a share of each limit, the rest is decided per call. Unspent
+    hits are given back when the lease ends, so a replica holds them up to this long. 0:
+    every call is decided by the rate-limiter."""
+    ratelimit_lease_max_requests: int = 256
+    """Most requests one lease holds (it is sized for twice the calls expected in it)."""
     budget_target: str = "127.0.0.1:50053"
     """Budget service gRPC address. Budgets always fail closed."""
     budget_lease_usd: float = 0.0

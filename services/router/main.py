@@ -34,6 +34,8 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         settings.ratelimit_fail_open,
         settings.ratelimit_timeout_s,
         correct_in_background=True,
+        lease_ms=settings.ratelimit_lease_ms,
+        lease_max_requests=settings.ratelimit_lease_max_requests,
     )
     leases = LeasePolicy(
         slice_nanos=round(settings.budget_lease_usd * NANOS_PER_USD),

@@ -92,8 +92,41 @@ async def test_adjust_gives_back_an_estimate_in_its_slot(redis_url: str) -> None
     await s.adjust([(charges[0], -850)], decision.decided_at_ms)  # used 50 of the 900 estimated
     assert (await s.charge(plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 0)]))).outcomes[0].used == 50
     await s.adjust([(charges[0], -10_000)], decision.decided_at_ms)  # never below zero
-    await s.adjust([(charges[0], 7)], decision.decided_at_ms - 3_600_000)  # long expired: ignored
+    await s.adjust([(charges[0], -5)], decision.decided_at_ms)  # an empty slot stays empty
+    await s.adjust([(charges[0], 7)], decision.decided_at_ms - 2 * 3_600_000)  # long expired: ignored
     assert (await s.charge(plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 0)]))).outcomes[0].used == 0
+    await s.aclose()
+
+
+async def test_a_lease_counts_to_its_end_and_stops_at_the_fill_share_on_redis(redis_url: str) -> None:
+    """LeaseHits' store call: the hits go to the slot of now + ahead_ms, the counter lives
+    until that slot has left the window, and a later decision's correction finds it."""
+    s = store(redis_url, prefix := f"t:{uuid.uuid4().hex}:")
+    model = HitRequest((("model", "m"),), 400)
+    charges = plan_charges(RULES, "interlock", [model])
+    lease = await s.charge(charges, ahead_ms=90_000, fill=0.5)
+    assert lease.admitted
+    # 400 + 101 would pass half of 1000: a lease is refused; a per-call decision is not.
+    assert not (
+        await s.charge(plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 101)]), fill=0.5)
+    ).admitted
+    one = plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 3)])
+    later = await s.charge(one)
+    assert later.admitted
+    # The per-call hits have their own slot, behind the lease's; their correction finds it.
+    await s.adjust([(one[0], -2)], later.decided_at_ms)
+    # The lease's give-back names its end.
+    await s.adjust([(charges[0], -300)], lease.decided_at_ms + 90_000)
+    peek = plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 0)])
+    assert (await s.charge(peek)).outcomes[0].used == 100 + 1
+    # A refusal's wait: the per-call slot leaves with the lease's, a window after its end.
+    big = plan_charges(RULES, "interlock", [HitRequest((("model", "m"),), 950)])
+    refused = await s.charge(big)
+    assert not refused.admitted
+    assert refused.outcomes[0].wait_ms > 3_600_000 + 60_000
+    # An hour window, a lease 90 s ahead: the counter outlives the window by the lease.
+    ttl_ms = await s._redis.pttl(prefix + "w:" + charges[0].counter_key)
+    assert 3_600_000 + 60_000 < ttl_ms <= 3_600_000 + 90_000 + 3_600 + 1_000
     await s.aclose()
 
 

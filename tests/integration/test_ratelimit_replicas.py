@@ -109,17 +109,22 @@ def write_limits(path: Path, descriptors: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("lease_ms", [0, 1000], ids=["per-call", "leased"])
 async def test_rpm_is_exact_across_three_routers_and_two_limiters_over_two_minutes(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, lease_ms: int
 ) -> None:
-    """(a) N a minute admits between N and 1.01 N per minute, and never more in any rolling minute."""
+    """(a) N a minute admits between N and 1.01 N per minute, and never more in any rolling minute.
+
+    Leased: the routers admit from rate-limit leases until half the limit is taken, then
+    per call; a leased call is timed by the router's clock at admission (the same host
+    clock as Redis's here), when it really went out."""
     n = 300
     project = f"burst-{uuid.uuid4().hex[:8]}"
     limits = write_limits(
         tmp_path / "limits.yaml", f"- key: project\n  rate_limit: {{unit: minute, requests_per_unit: {n}}}\n"
     )
     async with limiters(2, limits, redis_url) as (a, b):
-        clients = [RateLimitClient(t, fail_open=False) for t in (a.target, b.target, a.target)]
+        clients = [RateLimitClient(t, fail_open=False, lease_ms=lease_ms) for t in (a.target, b.target, a.target)]
         callers = [Caller("default", project, "dev", f"key-{i}") for i in range(3)]
         admitted: list[int] = []
         deadline = time.monotonic() + 120.0
@@ -128,14 +133,21 @@ async def test_rpm_is_exact_across_three_routers_and_two_limiters_over_two_minut
             call = chat_call()
             while time.monotonic() < deadline:
                 admission = await clients[i % 3].admit(callers[i % 3], call, 5.0)
-                if admission.allowed:
+                if admission.leased:
+                    admitted.append(time.time_ns() // 1_000_000)
+                    await asyncio.sleep(0)  # a leased admission does not wait: let the others run
+                elif admission.allowed:
                     admitted.append(admission.decided_at_ms)
                 else:
                     await asyncio.sleep(0.005)
 
         await asyncio.gather(*(hammer(i) for i in range(9)))
+        leased = sum(c.leases.admitted for c in clients if c.leases is not None)
         for c in clients:
             await c.aclose()
+    if lease_ms:
+        # Leases took the first part of each minute (up to half the limit), calls the rest.
+        assert n // 4 <= leased <= n, leased
     admitted.sort()
     start = admitted[0]
     # Decision times are Redis's clock, shared by both replicas: the check is exact.
@@ -149,14 +161,17 @@ async def test_rpm_is_exact_across_three_routers_and_two_limiters_over_two_minut
         assert n <= count <= n * 1.01, (minute, count)
 
 
-@pytest.mark.parametrize("in_background", [False, True], ids=["awaited", "piggybacked"])
+@pytest.mark.parametrize(
+    ("in_background", "lease_ms"), [(False, 0), (True, 0), (True, 1000)], ids=["awaited", "piggybacked", "leased"]
+)
 async def test_tpm_holds_within_two_percent_when_estimates_are_corrected(
-    redis_url: str, tmp_path: Path, in_background: bool
+    redis_url: str, tmp_path: Path, in_background: bool, lease_ms: int
 ) -> None:
     """(b) Admit on estimates (prompt by tokenizer + max output), correct by actual usage.
 
     Piggybacked: corrections ride on the next admission (or AdjustHits after the linger),
-    as the router sends them."""
+    as the router sends them. Leased: calls are admitted from rate-limit leases while the
+    window is under half full; corrections and unspent leases go back merged."""
     limit = 100_000
     project = f"tpm-{uuid.uuid4().hex[:8]}"
     limits = write_limits(
@@ -168,7 +183,7 @@ async def test_tpm_holds_within_two_percent_when_estimates_are_corrected(
     consumed: list[int] = []
     async with limiters(2, limits, redis_url) as (a, b):
         clients = [
-            RateLimitClient(t, fail_open=False, correct_in_background=in_background)
+            RateLimitClient(t, fail_open=False, correct_in_background=in_background, lease_ms=lease_ms)
             for t in (a.target, b.target, a.target)
         ]
         caller = Caller("default", project, "dev", "key")
@@ -194,6 +209,8 @@ async def test_tpm_holds_within_two_percent_when_estimates_are_corrected(
                     await asyncio.sleep(0.01)
 
         await asyncio.gather(*(worker(i, time.monotonic() + 4.0) for i in range(12)))
+        leased = sum(c.leases.admitted for c in clients if c.leases is not None)
+        assert (leased > 0) == (lease_ms > 0), leased
         # The other clients send whatever corrections they still hold as they close.
         for c in clients[1:]:
             await c.aclose()

@@ -268,7 +268,14 @@ async def test_close_sends_the_queued_corrections() -> None:
             await client.record_usage(CALLER, chat_call(), admission, USAGE)
         assert limiter.adjusted == []
         await client.aclose()
-        assert sorted(a.decided_at_unix_ms for a in limiter.adjusted) == sorted(a.decided_at_ms for a in admissions)
+        # One AdjustHits per decision named, carrying the sum of that decision's corrections.
+        sent = {a.decided_at_unix_ms: [x.delta for x in a.adjustments] for a in limiter.adjusted}
+        assert len(sent) == len(limiter.adjusted)
+        expected: dict[int, list[int]] = {}
+        for admission in admissions:
+            summed = expected.get(admission.decided_at_ms, [0, 0, 0])
+            expected[admission.decided_at_ms] = [d + 30 - admission.token_estimate for d in summed]
+        assert sent == expected
     finally:
         await server.stop(None)
 

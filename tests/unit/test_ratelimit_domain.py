@@ -163,10 +163,34 @@ def test_adjust_corrects_the_original_slot_and_ignores_expired_ones() -> None:
     w.add(10, 20_000)
     assert w.adjust(-700, 10_000, 30_000)  # actual was 300
     assert w.check(0, 10**6, 30_000).used == 310
-    assert not w.adjust(-10, 1_000, 30_000)  # never charged there
+    assert not w.adjust(-10, 25_000, 30_000)  # no slot at or after it: never charged
     assert w.adjust(-10_000, 10_000, 30_000)  # never below zero
     assert w.check(0, 10**6, 30_000).used == 10
     assert not w.adjust(5, 20_000, 20_000 + MINUTE + 60)  # the slot has left the window
+
+
+def test_a_lease_counts_until_a_window_after_its_end_and_later_decisions_keep_their_slot() -> None:
+    w = SlidingWindow(MINUTE)
+    w.add(50, 10_000, ahead_ms=3_000)  # a lease of 50, spent at any time up to 13 s
+    # It counts from the grant on...
+    assert w.check(0, 100, 10_000).used == 50
+    # ...and until a window after the lease's end (its slot ends at 13,020), not its grant.
+    assert w.check(0, 100, 10_000 + MINUTE + 100).used == 50
+    assert w.check(0, 100, 13_020 + MINUTE).used == 0
+    w = SlidingWindow(MINUTE)
+    w.add(50, 10_000, ahead_ms=3_000)
+    w.add(7, 11_000)  # a later per-call decision: its own slot, behind the lease's
+    assert list(w.slots) == [13_000 // 60, 11_000 // 60]
+    assert w.adjust(-5, 11_000, 12_000)  # its correction finds it
+    assert w.adjust(-40, 13_000, 12_500)  # the lease's give-back names the lease's end
+    assert w.check(0, 100, 12_500).used == 12
+    # The per-call slot leaves with the lease's, not before (never shorter than its time).
+    assert w.check(0, 100, 11_040 + MINUTE).used == 12
+    assert w.check(0, 100, 13_020 + MINUTE).used == 0
+    # A refusal's wait counts a slot as leaving no earlier than the ones before it.
+    w.add(50, 14_000, ahead_ms=3_000)
+    w.add(40, 15_000)
+    assert w.check(20, 100, 15_000).wait_ms == (17_000 // 60 + 1) * 60 + MINUTE - 15_000
 
 
 def test_unit_windows() -> None:

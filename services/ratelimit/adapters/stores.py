@@ -27,6 +27,7 @@ from interlock.services.ratelimit.domain.limits import (
     LimitOverride,
     charge_fits,
     enforced,
+    fill_cap,
     parse_limit,
 )
 from interlock.services.ratelimit.domain.window import SlidingWindow, slot_ms
@@ -41,7 +42,12 @@ class Decision:
 
 
 class WindowStore(Protocol):
-    async def charge(self, charges: Sequence[Charge]) -> Decision: ...
+    async def charge(self, charges: Sequence[Charge], ahead_ms: int = 0, fill: float = 1.0) -> Decision:
+        """Take every charge's hits if each enforced counter stays within `fill` of its limit.
+
+        `ahead_ms` > 0 charges a lease: its hits count from now until a window after
+        `now + ahead_ms` (the slot of that time), however late in the lease they are spent."""
+        ...
 
     async def adjust(self, adjustments: Sequence[tuple[Charge, int]], decided_at_ms: int) -> None:
         """Add each delta to the slot its charge took at `decided_at_ms`, if still live."""
@@ -90,16 +96,16 @@ class MemoryWindowStore:
             if not w.slots:
                 del self._windows[key]
 
-    async def charge(self, charges: Sequence[Charge]) -> Decision:
+    async def charge(self, charges: Sequence[Charge], ahead_ms: int = 0, fill: float = 1.0) -> Decision:
         now = self._now()
         outcomes = []
         for c in charges:
             v = self._window(c).check(c.hits, c.limit.requests_per_unit, now)
             outcomes.append(ChargeOutcome(v.used, v.wait_ms, v.clear_ms))
-        admitted = all(charge_fits(c, o.used) for c, o in zip(charges, outcomes, strict=True) if enforced(c))
+        admitted = all(charge_fits(c, o.used, fill) for c, o in zip(charges, outcomes, strict=True) if enforced(c))
         if admitted:
             for c in charges:
-                self._window(c).add(c.hits, now)
+                self._window(c).add(c.hits, now, ahead_ms)
         return Decision(now, admitted, outcomes)
 
     async def adjust(self, adjustments: Sequence[tuple[Charge, int]], decided_at_ms: int) -> None:
@@ -123,13 +129,16 @@ class MemoryWindowStore:
         return None
 
 
-# KEYS: per charge i, a hash (slot -> hits, plus 't' = total) and a list of its slots,
-# oldest first. ARGV: per charge, hits, limit, window_ms, slot_ms, enforced (1/0).
+# KEYS: per charge i, a hash (slot -> hits, plus 't' = total and 'm' = latest slot) and a
+# list of its slots in the order first charged (domain/window.py says why that order).
+# ARGV: per charge, hits, limit (the fill cap for a lease), window_ms, slot_ms, enforced
+# (1/0); last, ahead_ms (a lease's hits go to the slot of now + ahead_ms).
 # Returns {now_ms, admitted, used_1, wait_1, clear_1, ...}: one round trip per decision.
 _CHARGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS / 2
+local ahead = tonumber(ARGV[5*n+1])
 local used, waits, clears = {}, {}, {}
 local admitted = 1
 for i = 1, n do
@@ -149,9 +158,9 @@ for i = 1, n do
   end
   if expired then redis.call('HSET', h, 't', total) end
   used[i] = total
-  local newest = redis.call('LINDEX', l, -1)
+  local newest = redis.call('HGET', h, 'm')
   clears[i] = 0
-  if newest then clears[i] = (tonumber(newest) + 1) * g + w - now end
+  if newest and redis.call('LLEN', l) > 0 then clears[i] = (tonumber(newest) + 1) * g + w - now end
   waits[i] = 0
   if total + hits > limit then
     if ARGV[5*i] == '1' then admitted = 0 end
@@ -160,9 +169,11 @@ for i = 1, n do
     else
       local excess = total + hits - limit
       local slots = redis.call('LRANGE', l, 0, -1)
+      local leaves = 0
       for _, s in ipairs(slots) do
+        leaves = math.max(leaves, tonumber(s))
         excess = excess - tonumber(redis.call('HGET', h, s) or '0')
-        if excess <= 0 then waits[i] = (tonumber(s) + 1) * g + w - now break end
+        if excess <= 0 then waits[i] = (leaves + 1) * g + w - now break end
       end
     end
   end
@@ -171,17 +182,21 @@ if admitted == 1 then
   for i = 1, n do
     local h, l = KEYS[2*i-1], KEYS[2*i]
     local hits, w, g = tonumber(ARGV[5*i-4]), tonumber(ARGV[5*i-2]), tonumber(ARGV[5*i-1])
-    local slot = math.floor(now / g)
-    local newest = redis.call('LINDEX', l, -1)
-    if newest and tonumber(newest) >= slot then
-      slot = tonumber(newest)
-    else
-      redis.call('RPUSH', l, string.format('%d', slot))
-    end
-    redis.call('HINCRBY', h, string.format('%d', slot), hits)
+    local slot = math.floor((now + ahead) / g)
+    local field = string.format('%d', slot)
+    -- Slots in the order first charged: a slot behind a lease's (later) one leaves after it.
+    if redis.call('HEXISTS', h, field) == 0 then redis.call('RPUSH', l, field) end
+    redis.call('HINCRBY', h, field, hits)
     redis.call('HINCRBY', h, 't', hits)
-    redis.call('PEXPIRE', h, w + g + 1000)
-    redis.call('PEXPIRE', l, w + g + 1000)
+    local newest = tonumber(redis.call('HGET', h, 'm') or '-1')
+    if slot > newest then
+      newest = slot
+      redis.call('HSET', h, 'm', field)
+    end
+    -- The counter lives until its latest slot has left.
+    local ttl = (newest + 1) * g + w - now + 1000
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', l, ttl)
   end
 end
 local out = {now, admitted}
@@ -207,9 +222,12 @@ for i, h in ipairs(KEYS) do
     local raw = redis.call('HGET', h, field)
     if raw then
       local have = tonumber(raw)
-      if delta < -have then delta = -have end
-      redis.call('HINCRBY', h, field, delta)
-      redis.call('HINCRBY', h, 't', delta)
+      -- 0 - have, not -have: Lua writes -0 as "-0", which HINCRBY refuses.
+      if delta < -have then delta = 0 - have end
+      if delta ~= 0 then
+        redis.call('HINCRBY', h, field, delta)
+        redis.call('HINCRBY', h, 't', delta)
+      end
     end
   end
 end
@@ -256,13 +274,14 @@ class RedisWindowStore:
         base = self._prefix + "w:" + charge.counter_key
         return base, base + ":slots"
 
-    async def charge(self, charges: Sequence[Charge]) -> Decision:
+    async def charge(self, charges: Sequence[Charge], ahead_ms: int = 0, fill: float = 1.0) -> Decision:
         keys: list[str] = []
         args: list[int] = []
         for c in charges:
             keys += self._keys(c)
             w = c.limit.unit.window_ms
-            args += [c.hits, c.limit.requests_per_unit, w, slot_ms(w), 1 if enforced(c) else 0]
+            args += [c.hits, fill_cap(c.limit.requests_per_unit, fill), w, slot_ms(w), 1 if enforced(c) else 0]
+        args.append(ahead_ms)
         if not charges:
             return Decision(_wall_ms(), True, [])
         result = await self._charge(keys=keys, args=args)

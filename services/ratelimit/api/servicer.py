@@ -22,6 +22,7 @@ from interlock.services.ratelimit.domain.limits import (
     LimitUnit,
     RuleBook,
     check_one_per_unit,
+    enforced,
     judge,
     plan_charges,
 )
@@ -84,13 +85,24 @@ def override_to_pb(o: LimitOverride) -> ratelimit_pb2.LimitOverride:
     )
 
 
+# A lease is at most this share of the shortest window it charges: the hits it holds count
+# that much longer than a per-call decision's would.
+LEASE_WINDOW_SHARE = 20
+
+
 class RateLimitServicer:
-    def __init__(self, config: LimitConfig, store: WindowStore) -> None:
+    def __init__(
+        self, config: LimitConfig, store: WindowStore, lease_fill: float = 0.5, max_lease_ms: int = 5000
+    ) -> None:
         self.rules = RuleBook(config)
         """The rules in force; replaced whole (config reload, overrides), never mutated."""
         self._store = store
+        self._lease_fill = lease_fill
+        self._max_lease_ms = max_lease_ms
         self.over_limit_total = 0
         self.shadow_over_limit_total = 0
+        self.leases_granted = 0
+        self.leases_refused = 0
 
     def swap_config(self, config: LimitConfig) -> None:
         self.rules = self.rules.with_config(config)
@@ -103,7 +115,7 @@ class RateLimitServicer:
         hits = []
         for i, d in enumerate(request.descriptors):
             entries = _entries(d.entries, f"descriptors[{i}].entries")
-            hits.append(HitRequest(entries, d.hits_addend or request.hits_addend or 1))
+            hits.append(HitRequest(entries, d.hits_addend or getattr(request, "hits_addend", 0) or 1))
         return hits
 
     async def ShouldRateLimit(
@@ -114,11 +126,7 @@ class RateLimitServicer:
         if not request.descriptors:
             raise InvalidArgumentError("must hold at least one descriptor", field="descriptors")
         hits = self._hits(request)
-        # Every correction is checked before any is applied: a bad request changes nothing.
-        corrections = [self._adjustments(c, f"corrections[{i}].") for i, c in enumerate(request.corrections)]
-        # Applied first, so the hits a correction gives back are free for this decision.
-        for adjustments, decided_at_ms in corrections:
-            await self._store.adjust(adjustments, decided_at_ms)
+        await self._apply_corrections(request.corrections)
         charges = plan_charges(self.rules, request.domain, hits)
         decision = await self._store.charge(charges)
         verdicts = judge(len(hits), charges, decision.outcomes, decision.admitted)
@@ -147,6 +155,53 @@ class RateLimitServicer:
                         "fields": {"domain": request.domain, "descriptor": "|".join(f"{k}={x}" for k, x in hit.entries)}
                     },
                 )
+        return response
+
+    async def _apply_corrections(self, corrections: Any) -> None:
+        # Every correction is checked before any is applied: a bad request changes nothing.
+        planned = [self._adjustments(c, f"corrections[{i}].") for i, c in enumerate(corrections)]
+        # Applied first, so the hits a correction gives back are free for this decision.
+        for adjustments, decided_at_ms in planned:
+            await self._store.adjust(adjustments, decided_at_ms)
+
+    async def LeaseHits(
+        self, request: ratelimit_pb2.LeaseHitsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ratelimit_pb2.LeaseHitsResponse:
+        """Take a block of hits for the caller to admit by itself for up to `lease_ms`.
+
+        Exact in the same sense as ShouldRateLimit: the hits are charged now, to the slot of
+        the lease's end, so each counts in every rolling window that holds the moment it is
+        spent. A lease is only granted while every enforced counter stays within
+        `lease_fill` of its limit: the rest of a window is decided per call."""
+        if not request.domain:
+            raise InvalidArgumentError("must not be empty", field="domain")
+        if not request.descriptors:
+            raise InvalidArgumentError("must hold at least one descriptor", field="descriptors")
+        if request.lease_ms <= 0:
+            raise InvalidArgumentError("must be positive", field="lease_ms")
+        hits = self._hits(request)
+        await self._apply_corrections(request.corrections)
+        charges = plan_charges(self.rules, request.domain, hits)
+        response = ratelimit_pb2.LeaseHitsResponse()
+        for i in range(len(hits)):
+            response.statuses.add(matched_limits=[limit_to_pb(c.limit) for c in charges if c.descriptor == i])
+        shortest = min((c.limit.unit.window_ms for c in charges if enforced(c)), default=0)
+        lease_ms = min(request.lease_ms, self._max_lease_ms)
+        if shortest:
+            lease_ms = min(lease_ms, shortest // LEASE_WINDOW_SHARE)
+        if lease_ms <= 0:
+            self.leases_refused += 1
+            response.reason = "window_too_short"
+            return response
+        decision = await self._store.charge(charges, ahead_ms=lease_ms, fill=self._lease_fill)
+        if not decision.admitted:
+            self.leases_refused += 1
+            response.reason = "near_limit"
+            return response
+        self.leases_granted += 1
+        response.granted = True
+        response.lease_ms = lease_ms
+        response.charged_at_unix_ms = decision.decided_at_ms + lease_ms
         return response
 
     async def AdjustHits(

@@ -243,8 +243,13 @@ class DescriptorVerdict:
     matched: tuple[Limit, ...] = ()
 
 
-def charge_fits(charge: Charge, used: int) -> bool:
-    return used + charge.hits <= charge.limit.requests_per_unit
+def fill_cap(limit: int, fill: float) -> int:
+    """The hits a counter may hold when a decision may fill only `fill` of its limit."""
+    return limit if fill >= 1.0 else int(limit * fill)
+
+
+def charge_fits(charge: Charge, used: int, fill: float = 1.0) -> bool:
+    return used + charge.hits <= fill_cap(charge.limit.requests_per_unit, fill)
 
 
 def enforced(charge: Charge) -> bool:

@@ -50,11 +50,19 @@ class WindowVerdict:
 
 @dataclass(slots=True)
 class SlidingWindow:
-    """One counter's live slots. Mutated only through `check`, `add` and `adjust`."""
+    """One counter's live slots. Mutated only through `check`, `add` and `adjust`.
+
+    Slots are kept in the order they were first charged. That is time order, except after a
+    lease (`add` with `ahead_ms`): its slot lies ahead, and hits decided per call before it
+    ends go to their own, earlier slots, behind it. A slot leaves only once every slot
+    before it has, so such a slot counts a little longer than its time says, never shorter,
+    and a correction always finds the slot its decision charged."""
 
     window_ms: int
     slots: OrderedDict[int, int] = field(default_factory=OrderedDict)
     total: int = 0
+    newest: int = -1
+    """The latest slot charged (the last to leave); -1 when empty."""
 
     def expire(self, now_ms: int) -> None:
         live = first_live_slot(now_ms, self.window_ms)
@@ -64,34 +72,38 @@ class SlidingWindow:
                 break
             self.slots.popitem(last=False)
             self.total -= hits
+        if not self.slots:
+            self.newest = -1
 
     def check(self, hits: int, limit: int, now_ms: int) -> WindowVerdict:
         self.expire(now_ms)
         width = slot_ms(self.window_ms)
-        clear = (next(reversed(self.slots)) + 1) * width + self.window_ms - now_ms if self.slots else 0
+        clear = (self.newest + 1) * width + self.window_ms - now_ms if self.slots else 0
         if self.total + hits <= limit:
             return WindowVerdict(True, self.total, 0, clear)
         if hits > limit:
             return WindowVerdict(False, self.total, self.window_ms, clear)
-        # Walk the oldest slots until enough hits have left for this request to fit.
+        # Walk the slots in the order they leave until enough hits have left for this
+        # request to fit; a slot leaves no earlier than the ones before it.
         excess = self.total + hits - limit
+        leaves = 0
         for slot, slot_hits in self.slots.items():
+            leaves = max(leaves, slot)
             excess -= slot_hits
             if excess <= 0:
-                return WindowVerdict(False, self.total, (slot + 1) * width + self.window_ms - now_ms, clear)
+                return WindowVerdict(False, self.total, (leaves + 1) * width + self.window_ms - now_ms, clear)
         return WindowVerdict(False, self.total, clear, clear)  # unreachable: total covers the excess
 
-    def add(self, hits: int, now_ms: int) -> None:
-        slot = now_ms // slot_ms(self.window_ms)
-        if self.slots:
-            newest = next(reversed(self.slots))
-            # A clock that stepped back charges the newest slot: it expires later, never earlier.
-            slot = max(slot, newest)
+    def add(self, hits: int, now_ms: int, ahead_ms: int = 0) -> None:
+        """Count `hits` from now on, in the slot of `now_ms + ahead_ms`: a lease's hits,
+        spent at any time up to `ahead_ms` from now, count at least a window after that."""
+        slot = (now_ms + ahead_ms) // slot_ms(self.window_ms)
         self.slots[slot] = self.slots.get(slot, 0) + hits
+        self.newest = max(self.newest, slot)
         self.total += hits
 
     def adjust(self, delta: int, decided_at_ms: int, now_ms: int) -> bool:
-        """Correct the slot the decision at `decided_at_ms` charged; False if it has expired."""
+        """Correct the slot the decision at `decided_at_ms` charged; False if it has left."""
         self.expire(now_ms)
         slot = decided_at_ms // slot_ms(self.window_ms)
         if slot not in self.slots:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
 from interlock.services.router.adapters.budget_leases import CommitBatcher, LeaseBook, LeasePolicy
+from interlock.services.router.adapters.hit_leases import HitLeaseBook, LeaseAsk
 from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
 from interlock.services.router.domain.chat import ChatCall, tools_token_bound
 from interlock.services.router.domain.flow import Admission, Caller, Reservation
@@ -38,6 +40,10 @@ _CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 
 _BACKGROUND_COMMIT_LINGER_S = 0.01
 # Corrections one admission carries at most; the rest wait for the next one or the flush.
 _MAX_CARRIED_CORRECTIONS = 256
+# After a lease request got no answer, the router decides per call for this long.
+_LEASE_RETRY_S = 1.0
+# The limiter does not know LeaseHits (an older version): decide per call for this long.
+_LEASE_UNIMPLEMENTED_RETRY_S = 300.0
 
 
 def _error(exc: grpc.RpcError, dependency: str) -> InterlockError:
@@ -45,6 +51,40 @@ def _error(exc: grpc.RpcError, dependency: str) -> InterlockError:
     if isinstance(err, UnavailableError):
         return UnavailableError(f"{dependency} is unavailable", metadata={"dependency": dependency})
     return err
+
+
+def merge_corrections(requests: Sequence[ratelimit_pb2.AdjustHitsRequest]) -> list[ratelimit_pb2.AdjustHitsRequest]:
+    """One request per (domain, decision), each descriptor once with its deltas summed.
+
+    A lease's calls all name the lease's charge time, so their corrections and the lease's
+    give-back travel as one; applying the sum is applying each, as the limiter adds them."""
+    merged: dict[tuple[str, int], dict[tuple[tuple[str, str], ...], int]] = {}
+    for r in requests:
+        deltas = merged.setdefault((r.domain, r.decided_at_unix_ms), {})
+        for a in r.adjustments:
+            entries = tuple((e.key, e.value) for e in a.entries)
+            deltas[entries] = deltas.get(entries, 0) + a.delta
+    return [
+        ratelimit_pb2.AdjustHitsRequest(
+            domain=domain,
+            decided_at_unix_ms=decided_at,
+            adjustments=[
+                ratelimit_pb2.HitAdjustment(entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in e], delta=d)
+                for e, d in deltas.items()
+                if d
+            ],
+        )
+        for (domain, decided_at), deltas in merged.items()
+        if any(deltas.values())
+    ]
+
+
+_LeaseKey = tuple[tuple[tuple[str, str], ...], ...]
+"""A call's descriptor set: the calls of one key, project and model share their leases."""
+
+
+def _is_tokens(entries: tuple[tuple[str, str], ...]) -> bool:
+    return entries[0] == ("usage", "tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +110,11 @@ class RateLimitClient:
     case: it waits in a queue and rides on the next admission (ShouldRateLimitRequest's
     `corrections`), which the limiter applies before deciding. Only a correction that no
     admission picked up within `correction_linger_s` is sent by AdjustHits.
+
+    With `lease_ms`, calls are admitted from rate-limit leases (adapters/hit_leases.py): a
+    block of hits per descriptor set, asked for in the background before the current one
+    runs out, so most calls make no round trip to the limiter. A call no lease can take is
+    decided per call, exactly as without leases.
     """
 
     def __init__(
@@ -80,6 +125,8 @@ class RateLimitClient:
         *,
         correct_in_background: bool = False,
         correction_linger_s: float = 0.05,
+        lease_ms: int = 0,
+        lease_max_requests: int = 256,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = ratelimit_pb2_grpc.RateLimitServiceStub(self._channel)
@@ -100,6 +147,11 @@ class RateLimitClient:
         """Calls admitted without a decision because the rate-limiter was unreachable."""
         self.fail_closed_denials = 0
         """Calls refused because the rate-limiter was unreachable and a rule fails closed."""
+        self.leases: HitLeaseBook[_LeaseKey] | None = (
+            HitLeaseBook(lease_ms, lease_max_requests) if lease_ms > 0 else None
+        )
+        self._lease_tasks: set[asyncio.Task[None]] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
     @staticmethod
     def descriptors(caller: Caller, call: ChatCall) -> list[tuple[tuple[str, str], ...]]:
@@ -113,17 +165,22 @@ class RateLimitClient:
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         tokens = estimate_prompt_tokens(call.messages) + tools_token_bound(call.tools) + call.max_tokens
         scopes = self.descriptors(caller, call)
-        carried = [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_CARRIED_CORRECTIONS))]
+        if self.leases is not None:
+            key = tuple(scopes)
+            lease = self.leases.take(key, tokens)
+            self._give_back()
+            ask = self.leases.ask(key)
+            if ask is not None:
+                task = asyncio.create_task(self._ask_lease(key, scopes, ask))
+                self._lease_tasks.add(task)
+                task.add_done_callback(self._lease_tasks.discard)
+            if lease is not None:
+                return Admission(True, decided_at_ms=lease.charged_at_ms, token_estimate=tokens, leased=True)
+        carried = self._carry()
         request = ratelimit_pb2.ShouldRateLimitRequest(
             domain=RATE_LIMIT_DOMAIN,
-            descriptors=[
-                ratelimit_pb2.Descriptor(
-                    entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
-                    hits_addend=tokens if entries[0] == ("usage", "tokens") else 1,
-                )
-                for entries in scopes
-            ],
-            corrections=[c.request for c in carried],
+            descriptors=self._descriptors_pb(scopes, 1, tokens),
+            corrections=merge_corrections([c.request for c in carried]),
         )
         # Never wait past the caller's deadline, nor longer than a decision may take.
         timeout = min(timeout_s, self._decision_timeout) if timeout_s else self._decision_timeout
@@ -142,7 +199,32 @@ class RateLimitClient:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise _error(exc, "rate-limiter") from None
             return self._unreachable(scopes)
-        for entries, status in zip(scopes, response.statuses, strict=False):
+        self._learn_failure_modes(scopes, response.statuses)
+        if response.overall_code != ratelimit_pb2.CODE_OVER_LIMIT:
+            return Admission(True, decided_at_ms=response.decided_at_unix_ms, token_estimate=tokens)
+        over = [s for s in response.statuses if s.code == ratelimit_pb2.CODE_OVER_LIMIT]
+        worst = max(over, key=lambda s: s.duration_until_reset_ms)
+        return Admission(False, worst.current_limit.name, worst.duration_until_reset_ms / 1000)
+
+    def _carry(self) -> list[_PendingCorrection]:
+        return [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_CARRIED_CORRECTIONS))]
+
+    @staticmethod
+    def _descriptors_pb(
+        scopes: list[tuple[tuple[str, str], ...]], requests: int, tokens: int
+    ) -> list[ratelimit_pb2.Descriptor]:
+        return [
+            ratelimit_pb2.Descriptor(
+                entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
+                hits_addend=tokens if _is_tokens(entries) else requests,
+            )
+            for entries in scopes
+        ]
+
+    def _learn_failure_modes(
+        self, scopes: list[tuple[tuple[str, str], ...]], statuses: Sequence[ratelimit_pb2.DescriptorStatus]
+    ) -> None:
+        for entries, status in zip(scopes, statuses, strict=False):
             closed = next(
                 (r.name for r in status.matched_limits if r.failure_mode == ratelimit_pb2.FAILURE_MODE_CLOSED), ""
             )
@@ -150,11 +232,83 @@ class RateLimitClient:
             self._closed_rules.move_to_end(entries)
         while len(self._closed_rules) > 10_000:
             self._closed_rules.popitem(last=False)
-        if response.overall_code != ratelimit_pb2.CODE_OVER_LIMIT:
-            return Admission(True, decided_at_ms=response.decided_at_unix_ms, token_estimate=tokens)
-        over = [s for s in response.statuses if s.code == ratelimit_pb2.CODE_OVER_LIMIT]
-        worst = max(over, key=lambda s: s.duration_until_reset_ms)
-        return Admission(False, worst.current_limit.name, worst.duration_until_reset_ms / 1000)
+
+    async def _ask_lease(self, key: _LeaseKey, scopes: list[tuple[tuple[str, str], ...]], ask: LeaseAsk) -> None:
+        """Ask for a lease in the background; no call waits for it."""
+        assert self.leases is not None
+        carried = self._carry()
+        request = ratelimit_pb2.LeaseHitsRequest(
+            domain=RATE_LIMIT_DOMAIN,
+            descriptors=self._descriptors_pb(scopes, ask.requests, ask.tokens),
+            lease_ms=ask.lease_ms,
+            corrections=merge_corrections([c.request for c in carried]),
+        )
+        sent_at = time.monotonic()
+        try:
+            response = await traced_call(
+                self._stub.LeaseHits, f"{_RATELIMIT}LeaseHits", request, timeout=self._decision_timeout
+            )
+        except asyncio.CancelledError:
+            self._lost(carried, "CANCELLED")
+            self.leases.failed(key, _LEASE_RETRY_S)
+            raise
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._requeue(carried)
+            else:
+                self._lost(carried, str(code))
+            unknown = code == grpc.StatusCode.UNIMPLEMENTED
+            self.leases.failed(key, _LEASE_UNIMPLEMENTED_RETRY_S if unknown else _LEASE_RETRY_S)
+            log.warning("rate-limit lease not granted", extra={"fields": {"code": str(code)}})
+            return
+        self._learn_failure_modes(scopes, response.statuses)
+        if response.granted:
+            self.leases.granted(key, ask, response.charged_at_unix_ms, response.lease_ms, sent_at)
+            self._schedule_sweep()
+        else:
+            self.leases.refused(key, ask)
+
+    def _schedule_sweep(self) -> None:
+        """Give back what ended leases did not spend, soon after they end."""
+        if self.leases is None or self._sweep is not None:
+            return
+        end = self.leases.next_end()
+        if end is not None:
+            self._sweep = asyncio.get_running_loop().call_later(max(0.0, end - time.monotonic()) + 0.005, self._swept)
+
+    def _swept(self) -> None:
+        self._sweep = None
+        if self.leases is not None:
+            self.leases.retire_ended()
+            self._give_back()
+            self._schedule_sweep()
+
+    def _give_back(self) -> None:
+        """Queue the unspent part of each retired lease as a correction at its charge time."""
+        if self.leases is None:
+            return
+        retired = self.leases.retired()
+        if not retired:
+            return
+        now = time.monotonic()
+        context = contextvars.copy_context()
+        for key, lease in retired:
+            request = ratelimit_pb2.AdjustHitsRequest(
+                domain=RATE_LIMIT_DOMAIN,
+                decided_at_unix_ms=lease.charged_at_ms,
+                adjustments=[
+                    ratelimit_pb2.HitAdjustment(
+                        entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
+                        delta=lease.token_correction - lease.tokens_left
+                        if _is_tokens(entries)
+                        else -lease.requests_left,
+                    )
+                    for entries in key
+                ],
+            )
+            self._pending.append(_PendingCorrection(request, -lease.requests_left, now, context))
+        self._schedule_flush()
 
     def _unreachable(self, scopes: list[tuple[tuple[str, str], ...]]) -> Admission:
         for entries in scopes:
@@ -184,6 +338,10 @@ class RateLimitClient:
         delta = usage.input_tokens + usage.output_tokens - admission.token_estimate
         if delta == 0:
             return
+        if admission.leased and self.leases is not None:
+            key = tuple(self.descriptors(caller, call))
+            if self.leases.correct(key, admission.decided_at_ms, delta):
+                return  # goes back with the lease's unspent tokens, in one correction
         request = ratelimit_pb2.AdjustHitsRequest(
             domain=RATE_LIMIT_DOMAIN,
             decided_at_unix_ms=admission.decided_at_ms,
@@ -192,7 +350,7 @@ class RateLimitClient:
                     entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries], delta=delta
                 )
                 for entries in self.descriptors(caller, call)
-                if entries[0] == ("usage", "tokens")
+                if _is_tokens(entries)
             ],
         )
         if self._correct_in_background:
@@ -234,13 +392,21 @@ class RateLimitClient:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            due = []
             while self._pending and self._pending[0].queued_at + self._correction_linger <= now:
-                self._send_in_background(self._pending.popleft())
+                due.append(self._pending.popleft())
+            self._send_in_background(due)
 
-    def _send_in_background(self, correction: _PendingCorrection) -> None:
-        task = asyncio.create_task(self._adjust(correction.request, correction.delta), context=correction.context)
-        self._corrections.add(task)
-        task.add_done_callback(self._corrections.discard)
+    def _send_in_background(self, corrections: list[_PendingCorrection]) -> None:
+        """AdjustHits for the corrections, merged: one call per decision they name."""
+        if not corrections:
+            return
+        context = corrections[0].context
+        for request in merge_corrections([c.request for c in corrections]):
+            delta = sum(a.delta for a in request.adjustments)
+            task = asyncio.create_task(self._adjust(request, delta), context=context)
+            self._corrections.add(task)
+            task.add_done_callback(self._corrections.discard)
 
     async def _adjust(self, request: ratelimit_pb2.AdjustHitsRequest, delta: int) -> None:
         try:
@@ -251,13 +417,35 @@ class RateLimitClient:
             log.warning("token correction failed", extra={"fields": {"code": str(exc.code()), "delta": delta}})
 
     async def aclose(self) -> None:
+        if self._lease_tasks:
+            # A lease granted while closing is given back below with the others.
+            await asyncio.wait(set(self._lease_tasks), timeout=self._decision_timeout * 2)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        if self.leases is not None:
+            self.leases.retire_all()
+            self._give_back()
+            book = self.leases
+            log.info(
+                "rate-limit leases",
+                extra={
+                    "fields": {
+                        "admitted_from_lease": book.admitted,
+                        "decided_per_call": book.missed,
+                        "granted": book.leases_granted,
+                        "refused": book.leases_refused,
+                    }
+                },
+            )
         if self._flush_task is not None:
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
         # No admission will carry what is still queued: send it now.
-        while self._pending:
-            self._send_in_background(self._pending.popleft())
+        pending = list(self._pending)
+        self._pending.clear()
+        self._send_in_background(pending)
         if self._corrections:
             # Each is bounded by the decision timeout; the channel must outlive them.
             await asyncio.wait(set(self._corrections), timeout=self._decision_timeout * 2)

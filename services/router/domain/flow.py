@@ -74,6 +74,8 @@ class Admission:
     """The rate-limiter's decision time; 0 when admitted without one (fail-open)."""
     token_estimate: int = 0
     """Tokens charged against TPM limits at admission, corrected by `record_usage`."""
+    leased: bool = False
+    """Admitted from a rate-limit lease in memory; `decided_at_ms` is the lease's charge time."""
 
 
 @dataclass(frozen=True, slots=True)
