@@ -48,6 +48,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         leases,
         commit_after_answer=settings.commit_after_answer,
         background_commit_s=settings.background_commit_s,
+        background_commit_linger_s=settings.background_commit_linger_s,
     )
     flow = ChatFlow(
         ratelimit,

@@ -36,8 +36,6 @@ RATE_LIMIT_DOMAIN = "interlock"
 _RATELIMIT = "/interlock.ratelimit.v1.RateLimitService/"
 _BUDGET = "/interlock.budget.v1.BudgetService/"
 _CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)]
-# How long a commit sent after the answer waits for others to share its CommitBatch.
-_BACKGROUND_COMMIT_LINGER_S = 0.01
 # Corrections one admission carries at most; the rest wait for the next one or the flush.
 _MAX_CARRIED_CORRECTIONS = 256
 # After a lease request got no answer, the router decides per call for this long.
@@ -171,7 +169,8 @@ class RateLimitClient:
             self._give_back()
             ask = self.leases.ask(key)
             if ask is not None:
-                task = asyncio.create_task(self._ask_lease(key, scopes, ask))
+                # Background work for many calls: not a span of the call that happened to ask.
+                task = asyncio.create_task(self._ask_lease(key, scopes, ask), context=contextvars.Context())
                 self._lease_tasks.add(task)
                 task.add_done_callback(self._lease_tasks.discard)
             if lease is not None:
@@ -464,6 +463,7 @@ class BudgetClient:
         *,
         commit_after_answer: bool = False,
         background_commit_s: float = 120.0,
+        background_commit_linger_s: float = 0.01,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
@@ -473,7 +473,7 @@ class BudgetClient:
         self.leases = LeaseBook(leases, self._lease_rpc) if leases is not None and leases.slice_nanos > 0 else None
         # Commits no caller waits for linger a little, so more of them share a round trip.
         self._commits = CommitBatcher(
-            self._commit_batch_rpc, linger_s=_BACKGROUND_COMMIT_LINGER_S if commit_after_answer else 0.0
+            self._commit_batch_rpc, linger_s=background_commit_linger_s if commit_after_answer else 0.0
         )
         # With commit_after_answer, `commit` returns once the commit is queued; a task per
         # commit sends it (batched) and retries until it lands or `background_commit_s` passes.
