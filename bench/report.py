@@ -227,10 +227,12 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
 - Interlock (commit {v["interlock_commit"]}): the embedded mesh (router, rate-limiter, budget,
   trace-ingest) with every check on: API-key auth, rate-limit admission against rules covering
   every descriptor, and a budget reservation and commit against a project budget; limits and
-  budget are large enough never to refuse. Reservations come from budget leases of $0.05
+  budget are large enough never to refuse. Calls are admitted from rate-limit leases of 1 s
+  (`INTERLOCK_ROUTER_RATELIMIT_LEASE_MS=1000`: blocks of hits the rate-limiter grants, limits
+  stay exact), reservations come from budget leases of $0.05
   (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`) and commits follow the answer
   (`INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true`, batched; the lease holds each call's worst
-  case until its commit lands); both are off by default. Every call's usage event is
+  case until its commit lands); all three are off by default. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
   event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.

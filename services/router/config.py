@@ -60,7 +60,7 @@ class RouterSettings:
     budget alerts see the call a moment after the caller has its answer."""
     background_commit_s: float = 120.0
     """How long a commit sent after the answer is retried while the budget service is unreachable."""
-    background_commit_linger_s: float = 0.01
+    background_commit_linger_s: float = 0.05
     """How long a commit sent after the answer waits for others to share its batch (one round
     trip, one ledger transaction). Longer batches more at low rates; spend and alerts see the
     call that much later, and the hold keeps its worst case meanwhile."""

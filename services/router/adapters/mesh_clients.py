@@ -463,7 +463,7 @@ class BudgetClient:
         *,
         commit_after_answer: bool = False,
         background_commit_s: float = 120.0,
-        background_commit_linger_s: float = 0.01,
+        background_commit_linger_s: float = 0.05,
     ) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
