@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from typing import Any, cast
 
 import grpc
 import pytest
+from router_calls import CALLER, chat_call
 
 from interlock.errors import InvalidArgumentError
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
@@ -22,10 +22,7 @@ from interlock.services.ratelimit.api.servicer import RateLimitServicer
 from interlock.services.ratelimit.domain.limits import parse_limit_config
 from interlock.services.router.adapters.hit_leases import HitLeaseBook, LeaseAsk
 from interlock.services.router.adapters.mesh_clients import RateLimitClient, merge_corrections
-from interlock.services.router.domain.chat import ChatCall, validate_chat
-from interlock.services.router.domain.flow import Caller
-from interlock.services.router.domain.provider import ChatMessage, TokenUsage
-from interlock.services.router.domain.routing import parse_routing_config
+from interlock.services.router.domain.provider import TokenUsage
 
 NO_CONTEXT = cast("grpc.aio.ServicerContext[Any, Any]", None)
 NOW_MS = 1_700_000_000_000
@@ -250,28 +247,6 @@ async def test_a_bad_lease_request_is_refused_with_its_field_and_takes_nothing(m
 
 
 # --- the router's client with leases, against the real servicer over gRPC --------------
-
-ROUTING = parse_routing_config(
-    {
-        "providers": [{"name": "openai", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": ""}],
-        "models": [{"name": "gpt-4o-mini", "provider": "openai"}],
-    },
-    "test",
-)
-CALLER = Caller("default", "search", "dev", "key-1")
-
-
-def chat_call() -> ChatCall:
-    return validate_chat(
-        ROUTING,
-        model="gpt-4o-mini",
-        messages=[ChatMessage("user", "hello there world")],
-        max_tokens=100,
-        temperature=None,
-        request_id=uuid.uuid4().hex,
-        run_id="",
-        agent="",
-    )
 
 
 class CountingLimiter(RateLimitServicer):

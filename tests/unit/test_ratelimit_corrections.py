@@ -6,12 +6,12 @@ admission picked up within the linger, and whatever is left at close."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
 import pytest
+from router_calls import CALLER, chat_call
 
 from interlock.errors import InvalidArgumentError
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
@@ -19,10 +19,7 @@ from interlock.services.ratelimit.adapters.stores import MemoryWindowStore
 from interlock.services.ratelimit.api.servicer import RateLimitServicer
 from interlock.services.ratelimit.domain.limits import parse_limit_config
 from interlock.services.router.adapters.mesh_clients import RateLimitClient
-from interlock.services.router.domain.chat import ChatCall, validate_chat
-from interlock.services.router.domain.flow import Caller
-from interlock.services.router.domain.provider import ChatMessage, TokenUsage
-from interlock.services.router.domain.routing import parse_routing_config
+from interlock.services.router.domain.provider import TokenUsage
 
 TOKENS_PER_MINUTE = 1000
 CONFIG = parse_limit_config(
@@ -145,30 +142,9 @@ async def test_adjust_hits_keeps_its_unprefixed_field_names() -> None:
 
 # The router's client against the servicer, served in-process over gRPC.
 
-ROUTING = parse_routing_config(
-    {
-        "providers": [{"name": "openai", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": ""}],
-        "models": [{"name": "gpt-4o-mini", "provider": "openai"}],
-    },
-    "test",
-)
-CALLER = Caller("default", "search", "alice", "key-1")
 PROJECT_TOKENS = 4
 """Index of (`usage`, `tokens`), (`project`, ...) in RateLimitClient.descriptors."""
 USAGE = TokenUsage(20, 10)
-
-
-def chat_call() -> ChatCall:
-    return validate_chat(
-        ROUTING,
-        model="gpt-4o-mini",
-        messages=[ChatMessage("user", "hello there world")],
-        max_tokens=100,
-        temperature=None,
-        request_id=uuid.uuid4().hex,
-        run_id="",
-        agent="",
-    )
 
 
 class RecordingLimiter(RateLimitServicer):

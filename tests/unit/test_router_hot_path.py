@@ -7,40 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import uuid
 
 import pytest
+from router_calls import CALLER, chat_call
 
 from interlock import _json
 from interlock.ratelimit.v1 import ratelimit_pb2
 from interlock.services.router.adapters import prompt_tokens
 from interlock.services.router.adapters.mesh_clients import RateLimitClient
-from interlock.services.router.domain.chat import ChatCall, validate_chat
-from interlock.services.router.domain.flow import Admission, Caller
+from interlock.services.router.domain.flow import Admission
 from interlock.services.router.domain.provider import ChatMessage, TokenUsage
-from interlock.services.router.domain.routing import parse_routing_config
-
-ROUTING = parse_routing_config(
-    {
-        "providers": [{"name": "openai", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": ""}],
-        "models": [{"name": "gpt-4o-mini", "provider": "openai"}],
-    },
-    "test",
-)
-CALLER = Caller("default", "search", "alice", "key-1")
-
-
-def chat_call(prompt: str = "hello there world", max_tokens: int = 100) -> ChatCall:
-    return validate_chat(
-        ROUTING,
-        model="gpt-4o-mini",
-        messages=[ChatMessage("user", prompt)],
-        max_tokens=max_tokens,
-        temperature=None,
-        request_id=uuid.uuid4().hex,
-        run_id="",
-        agent="",
-    )
 
 
 class HeldLimiter:
