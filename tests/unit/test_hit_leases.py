@@ -228,6 +228,24 @@ async def test_a_lease_is_at_most_a_twentieth_of_its_shortest_window() -> None:
     assert (await limiter.LeaseHits(lease_request(1, 1, lease_ms=60_000), NO_CONTEXT)).lease_ms == 3000
 
 
+async def test_a_lease_passing_a_shadow_rule_is_reported_and_still_granted() -> None:
+    config = parse_limit_config(
+        [
+            {
+                "domain": "interlock",
+                "descriptors": [
+                    {"key": "project", "rate_limit": {"unit": "minute", "requests_per_unit": 10, "shadow_mode": True}}
+                ],
+            }
+        ]
+    )
+    limiter = RateLimitServicer(config, MemoryWindowStore(lambda: NOW_MS))
+    assert (await limiter.LeaseHits(lease_request(5, 5), NO_CONTEXT)).granted
+    assert limiter.shadow_over_limit_total == 0
+    assert (await limiter.LeaseHits(lease_request(8, 5), NO_CONTEXT)).granted  # 13 of 10: shadow only
+    assert limiter.shadow_over_limit_total == 1
+
+
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [

@@ -147,15 +147,16 @@ class RateLimitServicer:
             if v.limit is not None:
                 status.current_limit.CopyFrom(limit_to_pb(v.limit))
             if v.shadow_over_limit:
-                # Shadow rules are rolled out by watching this line and counter before enforcing.
-                self.shadow_over_limit_total += 1
-                log.info(
-                    "shadow limit exceeded",
-                    extra={
-                        "fields": {"domain": request.domain, "descriptor": "|".join(f"{k}={x}" for k, x in hit.entries)}
-                    },
-                )
+                self._shadow_exceeded(request.domain, hit)
         return response
+
+    def _shadow_exceeded(self, domain: str, hit: HitRequest) -> None:
+        # Shadow rules are rolled out by watching this line and counter before enforcing.
+        self.shadow_over_limit_total += 1
+        log.info(
+            "shadow limit exceeded",
+            extra={"fields": {"domain": domain, "descriptor": "|".join(f"{k}={x}" for k, x in hit.entries)}},
+        )
 
     async def _apply_corrections(self, corrections: Any) -> None:
         # Every correction is checked before any is applied: a bad request changes nothing.
@@ -194,6 +195,10 @@ class RateLimitServicer:
             response.reason = "window_too_short"
             return response
         decision = await self._store.charge(charges, ahead_ms=lease_ms, fill=self._lease_fill)
+        # A shadow rule the block would pass is reported as a call passing it would be.
+        for hit, v in zip(hits, judge(len(hits), charges, decision.outcomes, decision.admitted), strict=True):
+            if v.shadow_over_limit:
+                self._shadow_exceeded(request.domain, hit)
         if not decision.admitted:
             self.leases_refused += 1
             response.reason = "near_limit"
