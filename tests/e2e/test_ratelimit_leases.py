@@ -49,11 +49,12 @@ def test_a_limit_admits_exactly_its_calls_when_the_router_leases(tmp_path: Path)
         assert float(first.response.headers["retry-after"]) > 0
     finally:
         mesh.stop()
-    # The router's closing summary: most calls were admitted from leases, the rest per call.
+    # The router's closing summary: leases admitted calls in the limit's first half (how many
+    # depends on how the asks were sized), the rest were decided per call.
     summary = next(
         json.loads(line)
         for line in (mesh.log_dir / "router.log").read_text().splitlines()
         if '"rate-limit leases"' in line
     )
-    assert summary["admitted_from_lease"] >= LIMIT // 4, summary
+    assert 0 < summary["admitted_from_lease"] <= LIMIT // 2, summary
     assert summary["admitted_from_lease"] + summary["decided_per_call"] == LIMIT + 20, summary
