@@ -130,6 +130,21 @@ def test_a_lease_running_low_or_late_asks_for_the_next_one_in_time() -> None:
     assert book2.ask("k") is not None
 
 
+def test_a_shortened_lease_is_renewed_at_half_its_granted_length() -> None:
+    clock = Clock()
+    book: HitLeaseBook[str] = HitLeaseBook(1000, clock=clock)
+    book.take("k", 10)
+    ask = book.ask("k")
+    assert ask is not None
+    book.granted("k", ask, 5_000, 50, clock.now)  # a per-second rule: 50 ms, not 1,000
+    clock.now += 0.010
+    book.take("k", 10)
+    assert book.ask("k") is None  # 40 of 50 ms left
+    clock.now += 0.020
+    book.take("k", 10)
+    assert book.ask("k") is not None  # 20 ms left: past half
+
+
 def test_refusals_shrink_the_ask_then_go_quiet_for_a_lease_length() -> None:
     clock = Clock()
     book: HitLeaseBook[str] = HitLeaseBook(1000, clock=clock)

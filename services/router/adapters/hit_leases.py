@@ -56,6 +56,8 @@ class _KeyState:
     """Halved after each refusal (near the limit), doubled back after each grant."""
     quiet_until: float = 0.0
     tokens_avg: float = 0.0
+    granted_s: float = 0.0
+    """Length of the last lease granted (the limiter may shorten what was asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,7 @@ class HitLeaseBook(Generic[K]):
         live = [lease for lease in state.leases if lease.expires > now]
         left = sum(lease.requests_left for lease in live)
         newest_end = max((lease.expires for lease in live), default=now)
-        if live and left > state.last_ask // 2 and newest_end - now > lease_s / 2:
+        if live and left > state.last_ask // 2 and newest_end - now > state.granted_s / 2:
             return None
         elapsed = now - state.asked_at if state.asked_at else 0.0
         rate = state.calls_since_ask / max(elapsed, _MIN_RATE_WINDOW_S)
@@ -188,6 +190,7 @@ class HitLeaseBook(Generic[K]):
             return
         state.asking = False
         state.scale = min(1.0, state.scale * 2)
+        state.granted_s = lease_ms / 1000
         state.leases.append(lease)
         self._live[(key, charged_at_ms)] = lease
 
