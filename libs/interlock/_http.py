@@ -64,6 +64,8 @@ class EmbeddedHttpServer:
             log_level="warning",
             access_log=False,
             server_header=False,
+            # No handler reads the client's address: skip X-Forwarded-For parsing per request.
+            proxy_headers=False,
             # Longer than clients' keepalive so a pooled connection is not closed under a request.
             timeout_keep_alive=75,
             timeout_graceful_shutdown=max(1, int(self._grace_s)),

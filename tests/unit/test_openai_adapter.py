@@ -96,11 +96,10 @@ async def test_connection_is_reused_after_stream(provider: OpenAIProvider) -> No
     for _ in range(5):
         await collect(provider, make_request())
         await provider.chat(make_request())
-    connector = provider._client().connector
-    assert connector is not None
-    # One keep-alive connection served every call: idle in the pool, none left acquired.
-    assert sum(len(idle) for idle in connector._conns.values()) == 1
-    assert not connector._acquired
+    pool = provider._client()
+    # One keep-alive connection served every call: idle in the pool, none left busy.
+    assert pool.idle_connections == 1
+    assert pool.busy_connections == 0
 
 
 async def test_rate_limited_with_retry_after(provider: OpenAIProvider) -> None:

@@ -4,13 +4,13 @@ Each provider module (openai, anthropic, cohere, azure_openai) subclasses `HttpP
 adds only its wire format: the request body, the answer and stream-event parsing, and how its
 error bodies refine the canonical `ProviderErrorKind`.
 
-One long-lived `aiohttp.ClientSession` per provider (HTTP/1.1, pooled keep-alive
-connections), made on first use inside the router's event loop. aiohttp rather than httpx:
-on the router's hot path it costs a quarter of the CPU per request (`make bench`,
-docs/BENCHMARKS.md). Every request carries the W3C `traceparent` of its attempt; a sampled
-attempt also gets a CLIENT span `POST` for the request (method, server, URL without its query,
-status), made here rather than by the OpenTelemetry aiohttp-client instrumentation, whose
-signal hooks cost the router a tenth of its CPU per call whether the call is sampled or not.
+One `HttpPool` per provider (`http_pool.py`: HTTP/1.1, pooled keep-alive connections on
+asyncio protocols, httptools' parser), made on first use inside the router's event loop; it
+costs about half of aiohttp's time per request on the router's hot path (docs/BENCHMARKS.md).
+Every request carries the W3C `traceparent` of its attempt; a sampled attempt also gets a
+CLIENT span `POST` for the request (method, server, URL without its query, status), made
+here rather than by an OpenTelemetry HTTP-client instrumentation, whose hooks cost the router
+a tenth of its CPU per call whether the call is sampled or not.
 
 `request.timeout_s` (capped by the provider's `timeout_s`) bounds the whole attempt, stream
 included. The API key never appears in an error, a log line or a repr: upstream messages are
@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
@@ -39,6 +39,7 @@ from ..domain.provider import (
     ProviderRequest,
     ToolCall,
 )
+from .http_pool import ConnectFailed, ConnectionCut, HttpPool, HttpResponse, TransportError
 
 _tracer = trace.get_tracer("interlock.router.http")
 
@@ -219,7 +220,7 @@ class BodyChunks:
 
     __slots__ = ("_deadline", "_limit", "_provider", "_response")
 
-    def __init__(self, provider: HttpProvider, response: aiohttp.ClientResponse, deadline: float, limit: float) -> None:
+    def __init__(self, provider: HttpProvider, response: HttpResponse, deadline: float, limit: float) -> None:
         self._provider = provider
         self._response = response
         self._deadline = deadline
@@ -230,10 +231,10 @@ class BodyChunks:
         # A timeout scope per read: one held across the caller's `yield` would cancel its consumer.
         try:
             async with asyncio.timeout_at(self._deadline):
-                return await self._response.content.readany()
+                return await self._response.next_chunk()
         except TimeoutError:
             raise self._provider.error(ProviderErrorKind.TIMEOUT, f"stream not done within {self._limit:g}s") from None
-        except aiohttp.ClientError as exc:
+        except TransportError as exc:
             raise self._provider.error(ProviderErrorKind.PROTOCOL, f"stream cut short: {type(exc).__name__}") from exc
 
     async def drain(self) -> None:
@@ -242,9 +243,9 @@ class BodyChunks:
             return
         try:
             async with asyncio.timeout(grace_s):
-                while await self._response.content.readany():
+                while await self._response.next_chunk():
                     pass
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, TransportError):
             pass  # the connection is then closed instead of reused; the answer is complete
 
 
@@ -257,8 +258,8 @@ class HttpProvider:
         "_headers",
         "_max_connections",
         "_name",
+        "_pool",
         "_secret",
-        "_session",
         "_timeout_s",
     )
 
@@ -290,7 +291,7 @@ class HttpProvider:
             "user-agent": "interlock-router",
             **auth_headers,
         }
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r}, base_url={self._base_url!r})"
@@ -300,21 +301,21 @@ class HttpProvider:
         return self._name
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
+    def _client(self) -> HttpPool:
+        if self._pool is None:
+            # Deadlines are the attempt's own (asyncio.timeout around each await); the pool
+            # only bounds the connect. Raises ValueError for a base URL it cannot serve.
+            self._pool = HttpPool(
+                self._base_url,
+                max_connections=self._max_connections,
+                connect_timeout_s=self._connect_timeout_s,
                 headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections),
-                # Deadlines are the attempt's own (asyncio.timeout around each await);
-                # aiohttp only bounds the connect.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
-                raise_for_status=False,
             )
-        return self._session
+        return self._pool
 
     # -- to be refined by each provider ----------------------------------------------------
 
@@ -326,6 +327,12 @@ class HttpProvider:
 
     def _url(self, path: str) -> str:
         return f"{self._base_url}/{path}"
+
+    async def _send(
+        self, path: str, body: Mapping[str, Any], headers: Mapping[str, str], params: Mapping[str, str] | None
+    ) -> HttpResponse:
+        target = f"{_target(path)}?{urlencode(params)}" if params else _target(path)
+        return await self._client().request("POST", target, headers, _dumps(body))
 
     async def _post(
         self,
@@ -340,14 +347,15 @@ class HttpProvider:
         headers = self._request_headers(request)
         with _http_span(url, headers) as span:
             try:
-                async with (
-                    asyncio.timeout(limit),
-                    self._client().post(url, data=_dumps(body), params=params, headers=headers) as response,
-                ):
-                    answer = HttpAnswer(response.status, response.headers, await response.read())
+                async with asyncio.timeout(limit):
+                    response = await self._send(path, body, headers, params)
+                    try:
+                        answer = HttpAnswer(response.status, response.headers, await response.read())
+                    finally:
+                        response.release()
             except TimeoutError:
                 raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-            except (aiohttp.ClientError, ValueError) as exc:
+            except (TransportError, ValueError) as exc:
                 raise self._transport_error(exc, limit) from exc
             _record_status(span, answer.status_code)
         if answer.status_code >= 300:
@@ -373,10 +381,10 @@ class HttpProvider:
         with _http_span(url, headers) as span:
             try:
                 async with asyncio.timeout_at(deadline):
-                    response = await self._client().post(url, data=_dumps(body), params=params, headers=headers)
+                    response = await self._send(path, body, headers, params)
             except TimeoutError:
                 raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-            except (aiohttp.ClientError, ValueError) as exc:
+            except (TransportError, ValueError) as exc:
                 raise self._transport_error(exc, limit) from exc
             _record_status(span, response.status)
             try:
@@ -385,7 +393,7 @@ class HttpProvider:
                     try:
                         async with asyncio.timeout_at(deadline):
                             content = await response.read()
-                    except (TimeoutError, aiohttp.ClientError):
+                    except (TimeoutError, TransportError):
                         pass  # the status alone is enough to classify the failure
                     raise self._status_error(HttpAnswer(response.status, response.headers, content))
                 yield BodyChunks(self, response, deadline, limit)
@@ -465,15 +473,15 @@ class HttpProvider:
             text = text.replace(key, "[redacted]")
         return text
 
-    def _transport_error(self, exc: aiohttp.ClientError | ValueError, limit: float) -> ProviderError:
-        # aiohttp messages name the host and the failure, never headers: safe to quote.
+    def _transport_error(self, exc: TransportError | ValueError, limit: float) -> ProviderError:
+        # Transport messages name the host and the failure, never headers: safe to quote.
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, ConnectFailed) and exc.timed_out:
             return self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s ({detail})")
-        if isinstance(exc, ValueError | aiohttp.InvalidURL):
+        if isinstance(exc, ValueError):
             # The request itself cannot be sent (e.g. a bad header value): not the server's fault.
             return self.error(ProviderErrorKind.BAD_REQUEST, f"request not sendable ({detail})")
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        if isinstance(exc, ConnectFailed | ConnectionCut):
             return self.error(ProviderErrorKind.SERVER_ERROR, f"connection failed ({detail})")
         return self.error(ProviderErrorKind.PROTOCOL, f"bad response ({detail})")
 
@@ -485,6 +493,13 @@ class HttpProvider:
     @staticmethod
     def _request_headers(request: ProviderRequest) -> dict[str, str]:
         return {"x-request-id": request.request_id} if request.request_id else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _target(path: str) -> str:
+    """`path` as a request target: percent-encoded where a URL needs it (a model name in the
+    path may hold any character), existing escapes kept."""
+    return "/" + quote(path, safe="/:@!$&'()*+,;=~%")
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
