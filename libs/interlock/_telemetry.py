@@ -13,13 +13,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, filters
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 _UNTRACED_SERVICES = (
     "grpc.health.v1.Health",
@@ -61,6 +65,65 @@ def setup_tracing(
 
     AIOKafkaInstrumentor().instrument()
     return provider
+
+
+class CurrentSpan:
+    """`tracer.start_as_current_span(...)` for hot paths, with the same spans and context at a
+    fraction of its cost: one object instead of two generator context managers, attributes
+    built only for a recorded span, and no span at all for a child of a span that is not
+    recorded (`child_of_current=True`; its trace was not sampled, and with the parent-based
+    samplers every service uses its children would not be either). Then the current span
+    stays current, so the trace id and the `traceparent` sent on are the parent's.
+
+    A recorded span that an exception leaves gets the exception as an event and status
+    ERROR, as with `start_as_current_span`."""
+
+    __slots__ = ("_attributes", "_child", "_context", "_kind", "_name", "_span", "_token", "_tracer")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        *,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Callable[[], Mapping[str, AttributeValue]] | None = None,
+        context: otel_context.Context | None = None,
+        child_of_current: bool = False,
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._kind = kind
+        self._attributes = attributes
+        self._context = context
+        self._child = child_of_current
+        self._span: trace.Span | None = None
+        self._token: object = None
+
+    def __enter__(self) -> trace.Span:
+        if self._child:
+            current = trace.get_current_span(self._context)
+            if current.get_span_context().is_valid and not current.is_recording():
+                return current
+        span = self._tracer.start_span(self._name, self._context, self._kind)
+        if self._attributes is not None and span.is_recording():
+            span.set_attributes(self._attributes())
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span, self._context))
+        return span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        if span.is_recording():
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.end()
 
 
 def current_trace_id() -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, cast
 
 import grpc
@@ -94,25 +95,63 @@ def test_input_bound_covers_bytes_and_framing() -> None:
 
 
 class Ports:
-    def __init__(self, admit: bool = True, grant: bool = True) -> None:
-        self.admit_ok, self.grant = admit, grant
+    def __init__(self, admit: bool = True, grant: bool = True, in_memory: bool = False) -> None:
+        self.admit_ok, self.grant, self.in_memory = admit, grant, in_memory
+        self.remote_calls = 0
         self.log: list[tuple[str, object]] = []
         self.usage_records: list[TokenUsage] = []
         self.provider_attempts: list[int] = []
 
-    async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+    # Every decision is the services' (the `*_now` parts never decide), unless `in_memory`.
+    def admit_now(self, caller: Caller, call: ChatCall) -> Admission | None:
+        return self._admission() if self.in_memory else None
+
+    async def admit_remote(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+        self.remote_calls += 1
+        return self._admission()
+
+    def _admission(self) -> Admission:
         return Admission(True) if self.admit_ok else Admission(False, "api_key", 1.5)
 
-    async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
+    def record_usage_now(
+        self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage
+    ) -> Awaitable[None] | None:
+        if self.in_memory:
+            self.usage_records.append(usage)
+            return None
+        return self._record_usage(usage)
+
+    async def _record_usage(self, usage: TokenUsage) -> None:
         self.usage_records.append(usage)
 
-    async def reserve(self, request_id: str, caller: Caller, amount: int, timeout_s: float | None) -> Reservation:
+    def reserve_now(self, request_id: str, caller: Caller, amount: int) -> Reservation | None:
+        if not self.in_memory:
+            return None
         self.log.append(("reserve", amount))
+        return self._reservation()
+
+    async def reserve_remote(
+        self, request_id: str, caller: Caller, amount: int, timeout_s: float | None
+    ) -> Reservation:
+        self.remote_calls += 1
+        self.log.append(("reserve", amount))
+        return self._reservation()
+
+    def _reservation(self) -> Reservation:
         return Reservation(True) if self.grant else Reservation(False, "project:default/search", 3)
 
-    async def commit(
+    def commit_now(
         self, call: ChatCall, provider: str, usage: TokenUsage, cost: int, provider_attempts: int = 0
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        if self.in_memory:
+            self._commit(cost, provider_attempts)
+            return None
+        return self._commit_async(cost, provider_attempts)
+
+    async def _commit_async(self, cost: int, provider_attempts: int) -> None:
+        self._commit(cost, provider_attempts)
+
+    def _commit(self, cost: int, provider_attempts: int) -> None:
         self.log.append(("commit", cost))
         self.provider_attempts.append(provider_attempts)
 
@@ -180,6 +219,61 @@ async def test_success_reserves_worst_case_and_commits_actual() -> None:
     # The rate-limiter's token estimate is corrected by the billed usage, once.
     assert ports.usage_records == [TokenUsage(3, 2)]
     assert ports.provider_attempts == [1]
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+async def test_decisions_in_memory_or_from_the_services_settle_alike(in_memory: bool) -> None:
+    ports = Ports(in_memory=in_memory)
+    c = call()
+    result = await flow(ports, Provider()).chat(CALLER, c, None)
+    assert ports.log == [("reserve", ChatFlow.worst_case_nanos(c)), ("commit", result.cost_nanos)]
+    assert ports.usage_records == [TokenUsage(3, 2)]
+    # Asked of the services only when memory could not decide (admission and reservation).
+    assert ports.remote_calls == (0 if in_memory else 2)
+
+
+class CountingProvider(Provider):
+    """Answers without suspending; notes how often the loop ran other work before the call
+    reached it (a task scheduled when the call starts runs at the call's first suspension)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks_before_call: int | None = None
+        self.ticks = 0
+
+    async def chat(self, request: ProviderRequest) -> ProviderResponse:
+        self.ticks_before_call = self.ticks
+        return await super().chat(request)
+
+
+async def test_a_call_decided_in_memory_does_not_suspend_before_the_provider() -> None:
+    provider = CountingProvider()
+
+    async def tick() -> None:
+        provider.ticks += 1
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    await flow(Ports(in_memory=True), provider).chat(CALLER, call(), None)
+    assert provider.ticks_before_call == 0
+    await ticker
+    # From the services, the call waits for both decisions: the loop runs the ticker first.
+    provider.ticks = 0
+    ticker = asyncio.get_running_loop().create_task(tick())
+    await flow(Ports(), provider).chat(CALLER, call(), None)
+    assert provider.ticks_before_call == 1
+    await ticker
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+async def test_refusals_decided_in_memory_release_like_the_services(in_memory: bool) -> None:
+    ports = Ports(admit=False, in_memory=in_memory)
+    with pytest.raises(RateLimitedError):
+        await flow(ports, Provider()).chat(CALLER, call(), None)
+    assert ports.log[-1] == ("release", "r1")
+    ports = Ports(grant=False, in_memory=in_memory)
+    with pytest.raises(BudgetExceededError):
+        await flow(ports, Provider()).chat(CALLER, call(), None)
+    assert ("release", "r1") not in ports.log
 
 
 class FlakyProvider(Provider):

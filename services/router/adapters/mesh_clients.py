@@ -14,8 +14,9 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -161,20 +162,40 @@ class RateLimitClient:
         return scopes + [(("usage", "tokens"), *scope) for scope in scopes]
 
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
-        tokens = estimate_prompt_tokens(call.messages) + tools_token_bound(call.tools) + call.max_tokens
+        """The call's admission: from a lease in memory when one has room, else the limiter's."""
+        admission = self.admit_now(caller, call)
+        if admission is not None:
+            return admission
+        return await self.admit_remote(caller, call, timeout_s)
+
+    def admit_now(self, caller: Caller, call: ChatCall) -> Admission | None:
+        """An admission from a lease in memory, without waiting; None when only the
+        rate-limiter can decide (then `admit_remote`). Asks for the next lease as needed."""
+        if self.leases is None:
+            return None
+        tokens = self._tokens(call)
         scopes = self.descriptors(caller, call)
-        if self.leases is not None:
-            key = tuple(scopes)
-            lease = self.leases.take(key, tokens)
-            self._give_back()
-            ask = self.leases.ask(key)
-            if ask is not None:
-                # Background work for many calls: not a span of the call that happened to ask.
-                task = asyncio.create_task(self._ask_lease(key, scopes, ask), context=contextvars.Context())
-                self._lease_tasks.add(task)
-                task.add_done_callback(self._lease_tasks.discard)
-            if lease is not None:
-                return Admission(True, decided_at_ms=lease.charged_at_ms, token_estimate=tokens, leased=True)
+        key = tuple(scopes)
+        lease = self.leases.take(key, tokens)
+        self._give_back()
+        ask = self.leases.ask(key)
+        if ask is not None:
+            # Background work for many calls: not a span of the call that happened to ask.
+            task = asyncio.create_task(self._ask_lease(key, scopes, ask), context=contextvars.Context())
+            self._lease_tasks.add(task)
+            task.add_done_callback(self._lease_tasks.discard)
+        if lease is None:
+            return None
+        return Admission(True, decided_at_ms=lease.charged_at_ms, token_estimate=tokens, leased=True)
+
+    @staticmethod
+    def _tokens(call: ChatCall) -> int:
+        return estimate_prompt_tokens(call.messages) + tools_token_bound(call.tools) + call.max_tokens
+
+    async def admit_remote(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+        """The rate-limiter's decision for the call (after `admit_now` found no lease room)."""
+        tokens = self._tokens(call)
+        scopes = self.descriptors(caller, call)
         carried = self._carry()
         request = ratelimit_pb2.ShouldRateLimitRequest(
             domain=RATE_LIMIT_DOMAIN,
@@ -332,15 +353,31 @@ class RateLimitClient:
 
         With `correct_in_background`, only queues the correction: the next admission
         carries it, or the flush sends it after the linger; `aclose` sends what is left."""
+        pending = self.record_usage_now(caller, call, admission, usage)
+        if pending is not None:
+            await pending
+
+    def record_usage_now(
+        self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage
+    ) -> Coroutine[Any, Any, None] | None:
+        """`record_usage` without waiting: None when the correction needed none (nothing to
+        correct, it goes back with a lease, or it is queued); else the send to await."""
+        correction = self._correction(caller, call, admission, usage)
+        return self._adjust(*correction) if correction is not None else None
+
+    def _correction(
+        self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage
+    ) -> tuple[ratelimit_pb2.AdjustHitsRequest, int] | None:
+        """The correction to send now, or None (none needed, or it was queued or leased)."""
         if not admission.decided_at_ms or not admission.token_estimate:
-            return
+            return None
         delta = usage.input_tokens + usage.output_tokens - admission.token_estimate
         if delta == 0:
-            return
+            return None
         if admission.leased and self.leases is not None:
             key = tuple(self.descriptors(caller, call))
             if self.leases.correct(key, admission.decided_at_ms, delta):
-                return  # goes back with the lease's unspent tokens, in one correction
+                return None  # goes back with the lease's unspent tokens, in one correction
         request = ratelimit_pb2.AdjustHitsRequest(
             domain=RATE_LIMIT_DOMAIN,
             decided_at_unix_ms=admission.decided_at_ms,
@@ -355,8 +392,8 @@ class RateLimitClient:
         if self._correct_in_background:
             self._pending.append(_PendingCorrection(request, delta, time.monotonic(), contextvars.copy_context()))
             self._schedule_flush()
-            return
-        await self._adjust(request, delta)
+            return None
+        return request, delta
 
     def _requeue(self, carried: list[_PendingCorrection]) -> None:
         """Put back, first in line, the corrections of an admission the limiter never got
@@ -531,9 +568,26 @@ class BudgetClient:
         return caller
 
     async def reserve(self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None) -> Reservation:
+        """Hold `amount_nanos` for the call: from a budget lease in memory when it has room,
+        else from the budget service."""
+        reservation = self.reserve_now(request_id, caller, amount_nanos)
+        if reservation is not None:
+            return reservation
+        return await self.reserve_remote(request_id, caller, amount_nanos, timeout_s)
+
+    def reserve_now(self, request_id: str, caller: Caller, amount_nanos: int) -> Reservation | None:
+        """A reservation from a budget lease in memory, without waiting; None when the budget
+        service must decide (then `reserve_remote`)."""
+        if self.leases is not None and self.leases.take(request_id, caller, amount_nanos):
+            return Reservation(True)
+        return None
+
+    async def reserve_remote(
+        self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None
+    ) -> Reservation:
+        """The budget service's reservation (after `reserve_now` found no lease room): the
+        lease grown to fit the call when it can be, else an exact reservation."""
         if self.leases is not None:
-            if self.leases.take(request_id, caller, amount_nanos):
-                return Reservation(True)
             try:
                 if await self.leases.grow_and_take(request_id, caller, amount_nanos, timeout_s or 5.0):
                     return Reservation(True)
@@ -566,6 +620,15 @@ class BudgetClient:
     async def commit(
         self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int = 0
     ) -> None:
+        pending = self.commit_now(call, provider, usage, cost_nanos, provider_attempts)
+        if pending is not None:
+            await pending
+
+    def commit_now(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int = 0
+    ) -> Coroutine[Any, Any, None] | None:
+        """`commit` without waiting: None when the commit is sent after the answer
+        (`commit_after_answer`); else the send (with retries) for the caller to await."""
         request = budget_pb2.CommitRequest(
             request_id=call.request_id,
             cost_nanos=cost_nanos,
@@ -587,7 +650,10 @@ class BudgetClient:
             task = asyncio.get_running_loop().create_task(self._commit_in_background(request))
             self._pending_commits.add(task)
             task.add_done_callback(self._pending_commits.discard)
-            return
+            return None
+        return self._commit_waited(request)
+
+    async def _commit_waited(self, request: budget_pb2.CommitRequest) -> None:
         try:
             # The caller waits: five attempts, as before (backoff 50 ms to 400 ms).
             await self._send_commit(request, max_attempts=5)

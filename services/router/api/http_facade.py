@@ -15,6 +15,7 @@ exceptions. Optional headers: `x-request-id` (idempotency key), `x-interlock-run
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -24,10 +25,11 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
 
 from interlock import _json
 from interlock._http import Receive, Scope, Send
-from interlock._telemetry import current_trace_id
+from interlock._telemetry import CurrentSpan, current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
 from interlock.services.router.adapters.live_routing import RoutingSnapshot
 from interlock.services.router.adapters.load_shedding import LoadShedder
@@ -72,6 +74,12 @@ _ANTHROPIC_TYPE = {
     504: "api_error",
 }
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+
+@functools.lru_cache(maxsize=4)
+def _propagator_fields(textmap: TextMapPropagator) -> frozenset[str]:
+    """The headers the process's propagators read (W3C `traceparent`, `baggage`, ...)."""
+    return frozenset(field.lower() for field in textmap.fields)
 
 
 class _Problem(Exception):
@@ -140,18 +148,21 @@ class HttpFacade:
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         anthropic = path == "/v1/messages"
-        parent = propagate.extract(headers)
-        token = otel_context.attach(parent)
-        try:
-            with _tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER) as span:
-                span.set_attribute("http.request.method", method)
-                span.set_attribute("url.path", path)
-                status = await self._route(method, path, headers, receive, send, anthropic)
+        # The caller's trace context, when its headers carry one (parsed only then).
+        fields = _propagator_fields(propagate.get_global_textmap())
+        parent = propagate.extract(headers) if any(f in headers for f in fields) else otel_context.Context()
+        with CurrentSpan(
+            _tracer,
+            f"{method} {path}",
+            kind=trace.SpanKind.SERVER,
+            attributes=lambda: {"http.request.method": method, "url.path": path},
+            context=parent,
+        ) as span:
+            status = await self._route(method, path, headers, receive, send, anthropic)
+            if span.is_recording():
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(trace.StatusCode.ERROR)
-        finally:
-            otel_context.detach(token)
 
     async def _route(
         self, method: str, path: str, headers: dict[str, str], receive: Receive, send: Send, anthropic: bool

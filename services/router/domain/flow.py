@@ -11,15 +11,16 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opentelemetry import trace
 
 from interlock import recording
+from interlock._telemetry import CurrentSpan
 from interlock.errors import (
     BudgetExceededError,
     DeadlineExceededError,
@@ -53,6 +54,8 @@ from interlock.services.router.domain.routing import Deployment
 
 log = logging.getLogger("interlock.router.flow")
 _tracer = trace.get_tracer("interlock.router.flow")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +108,37 @@ class ChatResult:
 
 
 class AdmissionPort(Protocol):
-    async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission: ...
+    """Rate-limit admission. Each step has a part that decides without waiting (from leases in
+    memory, queued corrections) so a call's path only suspends when a service must answer."""
 
-    async def record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
-        """Replace the admission's token estimate with the billed usage; never raises."""
+    def admit_now(self, caller: Caller, call: ChatCall) -> Admission | None:
+        """A decision without waiting; None when only `admit_remote` can decide."""
+        ...
+
+    async def admit_remote(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission: ...
+
+    def record_usage_now(
+        self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage
+    ) -> Awaitable[None] | None:
+        """Replace the admission's token estimate with the billed usage: None when that needed
+        no waiting, else the awaitable that finishes it; neither raises."""
         ...
 
 
 class BudgetPort(Protocol):
-    async def reserve(
+    def reserve_now(self, request_id: str, caller: Caller, amount_nanos: int) -> Reservation | None:
+        """A reservation without waiting; None when only `reserve_remote` can decide."""
+        ...
+
+    async def reserve_remote(
         self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None
     ) -> Reservation: ...
 
-    async def commit(
+    def commit_now(
         self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int = 0
-    ) -> None:
-        """Settle the call; `provider_attempts` counts its chain's attempts (retries, fallbacks)."""
+    ) -> Awaitable[None] | None:
+        """Settle the call; `provider_attempts` counts its chain's attempts (retries, fallbacks).
+        None when the commit needs no waiting (it is sent after the answer), else the send."""
         ...
 
     async def release(self, request_id: str) -> None: ...
@@ -150,11 +168,28 @@ class ChatFlow:
 
     async def _admit_and_reserve(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         worst = self.worst_case_nanos(call)
-        admission, reservation = await asyncio.gather(
-            self._admission.admit(caller, call, timeout_s),
-            self._budget.reserve(call.request_id, caller, worst, timeout_s),
-            return_exceptions=True,
-        )
+        # Decided in memory when leases have room (no suspension, the common case under load);
+        # what is left is asked of the services, both at once.
+        admission: Admission | BaseException | None
+        reservation: Reservation | BaseException | None
+        try:
+            admission = self._admission.admit_now(caller, call)
+        except Exception as exc:  # noqa: BLE001 - judged below with the other decision
+            admission = exc
+        try:
+            reservation = self._budget.reserve_now(call.request_id, caller, worst)
+        except Exception as exc:  # noqa: BLE001
+            reservation = exc
+        if admission is None and reservation is None:
+            admission, reservation = await asyncio.gather(
+                self._admission.admit_remote(caller, call, timeout_s),
+                self._budget.reserve_remote(call.request_id, caller, worst, timeout_s),
+                return_exceptions=True,
+            )
+        elif admission is None:
+            admission = await _outcome(self._admission.admit_remote(caller, call, timeout_s))
+        elif reservation is None:
+            reservation = await _outcome(self._budget.reserve_remote(call.request_id, caller, worst, timeout_s))
         failure = next((r for r in (admission, reservation) if isinstance(r, BaseException)), None)
         granted = isinstance(reservation, Reservation) and reservation.granted
         if failure is None and isinstance(admission, Admission) and not admission.allowed:
@@ -191,14 +226,23 @@ class ChatFlow:
         )
 
     async def _settle(self, call: ChatCall, deployment: Deployment, usage: TokenUsage, provider_attempts: int) -> int:
+        """Commit the call's cost; what has to be waited for is shielded from the caller's
+        cancellation (a caller gone mid-commit must not leave its spend unrecorded)."""
         cost = deployment.pricing.cost_nanos(
             usage.input_tokens,
             usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             cache_write_tokens=usage.cache_write_tokens,
         )
-        await self._budget.commit(call, deployment.provider, usage, cost, provider_attempts)
+        pending = self._budget.commit_now(call, deployment.provider, usage, cost, provider_attempts)
+        if pending is not None:
+            await asyncio.shield(pending)
         return cost
+
+    async def _record_usage(self, caller: Caller, call: ChatCall, admission: Admission, usage: TokenUsage) -> None:
+        pending = self._admission.record_usage_now(caller, call, admission, usage)
+        if pending is not None:
+            await asyncio.shield(pending)
 
     async def chat(
         self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
@@ -210,17 +254,20 @@ class ChatFlow:
         async def attempt(deployment: Deployment, time_left_s: float) -> ProviderResponse:
             nonlocal attempts
             attempts += 1
-            # One span per provider attempt, parent of the HTTP client span to the provider.
-            with _tracer.start_as_current_span(
+            # One span per provider attempt, parent of the HTTP client span to the provider
+            # (none when the call's trace is not sampled).
+            with CurrentSpan(
+                _tracer,
                 f"chat {deployment.upstream_model}",
                 kind=trace.SpanKind.CLIENT,
-                attributes={
+                attributes=lambda: {
                     "gen_ai.operation.name": "chat",
                     "gen_ai.provider.name": deployment.provider,
                     "gen_ai.system": deployment.provider,
                     "gen_ai.request.model": deployment.upstream_model,
                     "interlock.attempt": attempts - 1,
                 },
+                child_of_current=True,
             ) as span:
                 answer = await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
                 span.set_attribute("gen_ai.response.model", deployment.upstream_model)
@@ -237,7 +284,7 @@ class ChatFlow:
             raise
         answer = done.value
         _record_attempts(done.attempts)
-        cost = await asyncio.shield(self._settle(call, done.deployment, answer.usage, len(done.attempts)))
+        cost = await self._settle(call, done.deployment, answer.usage, len(done.attempts))
         _record_answer(
             call,
             done.deployment,
@@ -248,7 +295,7 @@ class ChatFlow:
             answer.tool_calls,
             self._redaction,
         )
-        await asyncio.shield(self._admission.record_usage(caller, call, admission, answer.usage))
+        await self._record_usage(caller, call, admission, answer.usage)
         return ChatResult(
             call.request_id,
             call.route.name,
@@ -284,8 +331,8 @@ class ChatFlow:
                     settled = True
                     assert chain.deployment is not None
                     _record_attempts(chain.attempts)
-                    cost = await asyncio.shield(self._settle(call, chain.deployment, item.usage, len(chain.attempts)))
-                    await asyncio.shield(self._admission.record_usage(caller, call, admission, item.usage))
+                    cost = await self._settle(call, chain.deployment, item.usage, len(chain.attempts))
+                    await self._record_usage(caller, call, admission, item.usage)
                     _record_answer(
                         call,
                         chain.deployment,
@@ -314,7 +361,7 @@ class ChatFlow:
                 # generated; one that produced nothing is released like a failed call.
                 if parts and chain.deployment is not None:
                     usage = produced_usage(call, parts)
-                    await asyncio.shield(self._settle(call, chain.deployment, usage, len(exc.attempts)))
+                    await self._settle(call, chain.deployment, usage, len(exc.attempts))
                 else:
                     await asyncio.shield(self._budget.release(call.request_id))
             raise chain_error(exc) from exc
@@ -325,7 +372,7 @@ class ChatFlow:
                 if chain.deployment is not None:
                     # The attempt in progress has no record yet: it is one more than those recorded.
                     usage = produced_usage(call, parts)
-                    await asyncio.shield(self._settle(call, chain.deployment, usage, len(chain.attempts) + 1))
+                    await self._settle(call, chain.deployment, usage, len(chain.attempts) + 1)
                 else:
                     await asyncio.shield(self._budget.release(call.request_id))
             raise
@@ -411,6 +458,14 @@ def _record_request(caller: Caller, call: ChatCall, rules: RedactionRules) -> No
         rules=rules,
     )
     span.set_attribute(recording.REQUEST_PARAMS_ATTRIBUTE, _json(params))
+
+
+async def _outcome(decision: Awaitable[T]) -> T | Exception:
+    """The decision, or the exception deciding raised (as `gather(return_exceptions=True)`)."""
+    try:
+        return await decision
+    except Exception as exc:  # noqa: BLE001 - judged by the caller with the other decision
+        return exc
 
 
 def _record_decisions(admission: object, reservation: object, worst_case_nanos: int) -> None:
