@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
+.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-floor bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: install
 bench-probe: install
 	bash bench/deps.sh
 	$(BIN)/python -m bench.probe $(PROBE_ARGS)
+
+# The least a Python proxy adds here (httptools + the router's HTTP client, no checks), e.g.
+# make bench-floor FLOOR_ARGS="--rates 10,100,1000"
+bench-floor: install
+	bash bench/deps.sh
+	$(BIN)/python -m bench.floor $(FLOOR_ARGS)
 
 bench-overhead: install
 	$(BIN)/python -m benchmarks.router_overhead

@@ -1,0 +1,162 @@
+"""The least a Python proxy adds on this machine: the bench's floor (`make bench-floor`).
+
+Starts nginx (the same fixed upstream as `make bench`) and, in its own process on uvloop, a
+proxy that does nothing but forward: httptools parses the request, the router's HTTP/1.1
+client (`http_pool.HttpPool`) sends it to nginx on a kept-alive connection, and the answer
+goes back in one write. No auth, limits, budgets, JSON, spans or usage events. Then, at each
+rate, vegeta drives nginx directly and through the proxy in alternating rounds, and the
+report gives the added latency percentiles as `make bench` does (a path's percentile minus
+the direct path's).
+
+    python -m bench.floor                          # 100 and 1,000 calls/s, 3 rounds of 10 s
+    python -m bench.floor --rates 10,100 --json
+
+What the router adds beyond this floor is its own work: docs/BENCHMARKS.md compares the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from interlock.devservers import free_port
+
+from .gateways import NginxUpstream
+from .load import Endpoint, run_vegeta
+from .stats import percentile
+from .tools import find_tools
+
+_PATH = "/unary/v1/chat/completions"
+
+
+def _serve(port: int, upstream_url: str) -> None:
+    """The forwarding proxy (runs in a child process until killed)."""
+    import httptools
+    import uvloop
+
+    from interlock.services.router.adapters.http_pool import HttpPool
+
+    async def main() -> None:
+        pool = HttpPool(upstream_url, max_connections=256, connect_timeout_s=5.0)
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        class Forward(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.parser = httptools.HttpRequestParser(self)
+                self.body: list[bytes] = []
+                self.transport: asyncio.Transport | None = None
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport  # type: ignore[assignment]
+
+            def data_received(self, data: bytes) -> None:
+                self.parser.feed_data(data)
+
+            def on_body(self, body: bytes) -> None:
+                self.body.append(body)
+
+            def on_message_complete(self) -> None:
+                body, self.body = b"".join(self.body), []
+                task = loop.create_task(self.forward(body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            async def forward(self, body: bytes) -> None:
+                response = await pool.request("POST", _PATH, {"content-type": "application/json"}, body)
+                try:
+                    answer = await response.read()
+                finally:
+                    response.release()
+                head = b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                assert self.transport is not None
+                self.transport.write(head % (response.status, len(answer)) + answer)
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        server = await loop.create_server(Forward, sock=sock, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="100,1000", help="requests per second, comma-separated (100,1000)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of one round (10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per path and rate (3)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    tools = find_tools(need_litellm=False)
+    work = Path(tempfile.mkdtemp(prefix="interlock-bench-floor-"))
+    upstream = NginxUpstream(work / "nginx", tools.nginx).start()
+    port = free_port()
+    proxy = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, upstream.url), daemon=True)
+    proxy.start()
+    rows = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or not proxy.is_alive():
+                    raise RuntimeError("the floor proxy did not start") from None
+                time.sleep(0.1)
+        direct = Endpoint("direct", "upstream", False, "", url=f"{upstream.url}{_PATH}", model="gpt-4o-mini")
+        floor = Endpoint("floor", "floor", False, "direct", url=f"http://127.0.0.1:{port}/", model="gpt-4o-mini")
+        for endpoint in (direct, floor):
+            run_vegeta(tools, endpoint, 50, 2, work)  # warm connections on both paths
+        for rate in rates:
+            latencies: dict[str, list[float]] = {"direct": [], "floor": []}
+            errors = {"direct": 0, "floor": 0}
+            for round_no in range(args.rounds):
+                order = (direct, floor) if round_no % 2 == 0 else (floor, direct)
+                for endpoint in order:
+                    print(f"floor: {rate:g}/s round {round_no + 1}/{args.rounds}: {endpoint.name}", file=sys.stderr)
+                    result, _ = run_vegeta(tools, endpoint, rate, args.seconds, work)
+                    latencies[endpoint.name] += result.latencies_ms
+                    errors[endpoint.name] += result.errors
+            row: dict[str, float] = {"rate": rate, "errors_direct": errors["direct"], "errors_floor": errors["floor"]}
+            for p in (50, 90, 99):
+                d, f = percentile(latencies["direct"], p), percentile(latencies["floor"], p)
+                row |= {
+                    f"direct_p{p}_ms": round(d, 3),
+                    f"floor_p{p}_ms": round(f, 3),
+                    f"added_p{p}_ms": round(f - d, 3),
+                }
+            rows.append(row)
+    finally:
+        proxy.kill()
+        proxy.join(5)
+        upstream.stop()
+    if args.json:
+        print(json.dumps({"rates": rates, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}, indent=2))
+    else:
+        print(
+            "| rate | direct p50 / p99 ms | through the floor proxy p50 / p99 ms | added p50 / p90 / p99 ms | errors |"
+        )
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['rate']:,.0f}/s | {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} "
+                f"| {r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f} "
+                f"| {r['added_p50_ms']:.2f} / {r['added_p90_ms']:.2f} / {r['added_p99_ms']:.2f} "
+                f"| {r['errors_direct'] + r['errors_floor']:.0f} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
