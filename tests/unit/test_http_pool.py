@@ -218,7 +218,11 @@ async def test_at_most_max_connections_in_flight(serve: Serve) -> None:
             response.release()
 
     tasks = [asyncio.create_task(call()) for _ in range(5)]
-    await asyncio.sleep(0.2)
+    for _ in range(500):  # until both connections carry a request (at most 5 s)
+        if len(server.requests) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # room for a third request to slip through, were the bound wrong
     assert (pool.busy_connections, len(server.requests)) == (2, 2)
     release.set()
     assert sorted(await asyncio.gather(*tasks)) == [b"1", b"2", b"3", b"4", b"5"]
