@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,46 +19,25 @@ from pathlib import Path
 
 import grpc
 import pytest
+from router_calls import chat_call as shared_chat_call
 
 from interlock import cli
+from interlock.devservers import free_port
 from interlock.errors import UnavailableError
 from interlock.services.ratelimit.config import RateLimitSettings
 from interlock.services.ratelimit.main import serve
 from interlock.services.router.adapters.mesh_clients import RateLimitClient
 from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
-from interlock.services.router.domain.chat import ChatCall, validate_chat
+from interlock.services.router.domain.chat import ChatCall
 from interlock.services.router.domain.flow import Caller
-from interlock.services.router.domain.provider import ChatMessage, TokenUsage
-from interlock.services.router.domain.routing import parse_routing_config
+from interlock.services.router.domain.provider import TokenUsage
 
 pytestmark = pytest.mark.integration
 
-ROUTING = parse_routing_config(
-    {
-        "providers": [{"name": "openai", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": ""}],
-        "models": [{"name": "gpt-4o-mini", "provider": "openai"}],
-    },
-    "test",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def chat_call(prompt: str = "hello there world", max_tokens: int = 16) -> ChatCall:
-    return validate_chat(
-        ROUTING,
-        model="gpt-4o-mini",
-        messages=[ChatMessage("user", prompt)],
-        max_tokens=max_tokens,
-        temperature=None,
-        request_id=uuid.uuid4().hex,
-        run_id="",
-        agent="",
-    )
+    """The unit tests' call (tests/router_calls.py) with a small default max_tokens."""
+    return shared_chat_call(prompt, max_tokens)
 
 
 class Limiter:

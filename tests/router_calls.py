@@ -1,5 +1,5 @@
 """One routing config with one OpenAI model, a caller, and validated chat calls on it: what
-the router's unit tests admit, reserve and correct."""
+the router's unit and integration tests admit, reserve and correct."""
 
 from __future__ import annotations
 
