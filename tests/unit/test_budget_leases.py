@@ -11,7 +11,7 @@ from interlock.budget.v1 import budget_pb2
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.domain.model import BudgetPolicy, LeaseChange, Principal, Scope, ScopeKind
 from interlock.services.budget.domain.usage import SettledUsage
-from interlock.services.router.adapters.budget_leases import LeaseBook, LeasePolicy
+from interlock.services.router.adapters.budget_leases import CommitBatcher, LeaseBook, LeasePolicy
 from interlock.services.router.domain.flow import Caller
 
 CALLER = Caller("acme", "search", "alice", "k1")
@@ -112,3 +112,50 @@ def test_idle_leases_are_given_back(tmp_path: Path) -> None:
     assert ledger.get_spend(PROJECT).reserved_nanos == 0
     assert ledger.held_leases(now=0) == (0, 0, 0)
     ledger.close()
+
+
+class HeldSends:
+    """A commit RPC that records each batch; the first is answered only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.sent = asyncio.Event()
+
+    async def __call__(self, requests: list[budget_pb2.CommitRequest]) -> list[budget_pb2.CommitResponse]:
+        self.batches.append([r.request_id for r in requests])
+        self.sent.set()
+        if len(self.batches) == 1:
+            await self.release.wait()
+        return [budget_pb2.CommitResponse() for _ in requests]
+
+
+def test_commits_queued_behind_a_batch_in_flight_linger_for_company() -> None:
+    async def scenario() -> list[list[str]]:
+        sends = HeldSends()
+        batcher = CommitBatcher(sends, linger_s=0.3)
+        commits = [asyncio.create_task(batcher.commit(budget_pb2.CommitRequest(request_id="a")))]
+        await asyncio.wait_for(sends.sent.wait(), timeout=10)  # the first batch lingers, then goes alone
+        commits += [asyncio.create_task(batcher.commit(budget_pb2.CommitRequest(request_id=i))) for i in "bc"]
+        await asyncio.sleep(0)
+        sends.release.set()  # "a" answered; "b" and "c" waited in the queue meanwhile
+        await commits[0]
+        # Queued within the linger of the next batch: they go with "b" and "c", not after them.
+        commits += [asyncio.create_task(batcher.commit(budget_pb2.CommitRequest(request_id=i))) for i in "de"]
+        await asyncio.wait_for(asyncio.gather(*commits), timeout=10)
+        return sends.batches
+
+    assert asyncio.run(scenario()) == [["a"], ["b", "c", "d", "e"]]
+
+
+def test_a_full_batch_goes_out_without_lingering() -> None:
+    async def scenario() -> list[list[str]]:
+        sends = HeldSends()
+        sends.release.set()
+        batcher = CommitBatcher(sends, max_batch=2, linger_s=60.0)
+        commits = [asyncio.create_task(batcher.commit(budget_pb2.CommitRequest(request_id=i))) for i in "ab"]
+        # A linger of a minute would time this out: two queued commits fill a batch.
+        await asyncio.wait_for(asyncio.gather(*commits), timeout=10)
+        return sends.batches
+
+    assert asyncio.run(scenario()) == [["a", "b"]]

@@ -344,24 +344,40 @@ class HttpProvider:
     ) -> dict[str, Any]:
         """POST a JSON body, return the JSON object answered; raises ProviderError."""
         limit = self._attempt_timeout(request)
-        url = self._url(path)
         headers = self._request_headers(request)
-        with _http_span(url, headers) as span:
-            try:
-                async with asyncio.timeout(limit):
-                    response = await self._send(path, body, headers, params)
-                    try:
-                        answer = HttpAnswer(response.status, response.headers, await response.read())
-                    finally:
-                        response.release()
-            except TimeoutError:
-                raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
-            except (TransportError, ValueError) as exc:
-                raise self._transport_error(exc, limit) from exc
-            _record_status(span, answer.status_code)
+        if trace.get_current_span().is_recording():
+            with _http_span(self._url(path), headers) as span:
+                answer = await self._exchange(path, body, headers, params, limit)
+                _record_status(span, answer.status_code)
+        else:
+            # Not sampled: no span, only the trace context for the provider (the common case,
+            # without the span's context manager on the hot path).
+            propagate.inject(headers)
+            answer = await self._exchange(path, body, headers, params, limit)
         if answer.status_code >= 300:
             raise self._status_error(answer)
         return self.json_object(answer.content)
+
+    async def _exchange(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        limit: float,
+    ) -> HttpAnswer:
+        """Send the request and read the whole answer within `limit` seconds."""
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._send(path, body, headers, params)
+                try:
+                    return HttpAnswer(response.status, response.headers, await response.read())
+                finally:
+                    response.release()
+        except TimeoutError:
+            raise self.error(ProviderErrorKind.TIMEOUT, f"no answer within {limit:g}s") from None
+        except (TransportError, ValueError) as exc:
+            raise self._transport_error(exc, limit) from exc
 
     @contextlib.asynccontextmanager
     async def _open_body(

@@ -240,7 +240,8 @@ class CommitBatcher:
     """Sends commits as they come, batching those that queue while a batch is in flight.
 
     One call alone goes out at once (no added latency); under load, many commits share one
-    round trip and one ledger transaction.
+    round trip and one ledger transaction. With a linger (commits nobody waits for), every
+    batch short of `max_batch` waits that long for company first.
     """
 
     def __init__(
@@ -249,8 +250,8 @@ class CommitBatcher:
         max_batch: int = 256,
         linger_s: float = 0.0,
     ) -> None:
-        """`linger_s`: how long the first commit after a quiet spell waits for company; 0 for
-        commits a caller waits on, a few milliseconds for commits sent after the answer."""
+        """`linger_s`: how long a batch short of `max_batch` waits for company; 0 for commits
+        a caller waits on, some milliseconds for commits sent after the answer."""
         self._send = send
         self._max = max_batch
         self._linger_s = linger_s
@@ -265,9 +266,12 @@ class CommitBatcher:
         return await future
 
     async def _drain(self) -> None:
-        if self._linger_s > 0:
-            await asyncio.sleep(self._linger_s)
         while self._queue:
+            # Each batch that is not full lingers, the first and those queued while one was
+            # in flight alike: under load, commits then share round trips by the dozen
+            # instead of following each other one or two at a time.
+            if self._linger_s > 0 and len(self._queue) < self._max:
+                await asyncio.sleep(self._linger_s)
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             try:
                 results = await self._send([r for r, _ in batch])

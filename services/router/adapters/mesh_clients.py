@@ -629,7 +629,23 @@ class BudgetClient:
     ) -> Coroutine[Any, Any, None] | None:
         """`commit` without waiting: None when the commit is sent after the answer
         (`commit_after_answer`); else the send (with retries) for the caller to await."""
-        request = budget_pb2.CommitRequest(
+        latency_ms = round((time.monotonic() - call.started_at) * 1000) if call.started_at else 0
+        if self._commit_after_answer:
+            # The task builds and sends the commit; its first step runs after this one, which
+            # writes the caller's answer. Until it settles, the lease holds the worst case.
+            task = asyncio.get_running_loop().create_task(
+                self._commit_in_background(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
+            )
+            self._pending_commits.add(task)
+            task.add_done_callback(self._pending_commits.discard)
+            return None
+        request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
+        return self._commit_waited(request)
+
+    def _commit_request(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int, latency_ms: int
+    ) -> budget_pb2.CommitRequest:
+        return budget_pb2.CommitRequest(
             request_id=call.request_id,
             cost_nanos=cost_nanos,
             provider=provider,
@@ -642,16 +658,10 @@ class BudgetClient:
             cached_input_tokens=usage.cached_input_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cache_write_tokens=usage.cache_write_tokens,
-            latency_ms=round((time.monotonic() - call.started_at) * 1000) if call.started_at else 0,
+            latency_ms=latency_ms,
             lease_id=self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else "",
             provider_attempts=provider_attempts,
         )
-        if self._commit_after_answer:
-            task = asyncio.get_running_loop().create_task(self._commit_in_background(request))
-            self._pending_commits.add(task)
-            task.add_done_callback(self._pending_commits.discard)
-            return None
-        return self._commit_waited(request)
 
     async def _commit_waited(self, request: budget_pb2.CommitRequest) -> None:
         try:
@@ -685,7 +695,10 @@ class BudgetClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _commit_in_background(self, request: budget_pb2.CommitRequest) -> None:
+    async def _commit_in_background(
+        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int, latency_ms: int
+    ) -> None:
+        request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
         try:
             await self._send_commit(request, retry_until=time.monotonic() + self._background_commit_s)
         except Exception as exc:  # noqa: BLE001 - nobody awaits this task: log, count, go on

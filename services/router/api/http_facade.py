@@ -18,9 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -33,7 +31,7 @@ from interlock._telemetry import CurrentSpan, current_trace_id
 from interlock.errors import AuthenticationError, BudgetExceededError, ErrorCode, InterlockError
 from interlock.services.router.adapters.live_routing import RoutingSnapshot
 from interlock.services.router.adapters.load_shedding import LoadShedder
-from interlock.services.router.domain.chat import ChatCall, validate_chat
+from interlock.services.router.domain.chat import ChatCall, new_request_id, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
 
@@ -268,7 +266,7 @@ class HttpFacade:
             messages=messages,
             max_tokens=max_tokens,
             temperature=_expect(body, "temperature", (int, float), "a number"),
-            request_id=headers.get("x-request-id") or f"req_{uuid.uuid4().hex}",
+            request_id=headers.get("x-request-id") or new_request_id(),
             run_id=headers.get("x-interlock-run-id", ""),
             agent=headers.get("x-interlock-agent", ""),
             step=headers.get("x-interlock-step", ""),
@@ -278,6 +276,7 @@ class HttpFacade:
             tool_choice=choice,
             json_mode=fmt.get("type") == "json_object",
             field_prefix="",
+            started_at=time.monotonic(),
         )
         return call, stream, bool(options.get("include_usage"))
 
@@ -286,7 +285,6 @@ class HttpFacade:
     ) -> int:
         snap = self._snapshot()
         call, stream, include_usage = self._openai_call(snap, body, headers)
-        call = replace(call, started_at=time.monotonic())
         created = int(time.time())
         completion_id = f"chatcmpl-{call.request_id}"
         if not stream:
@@ -411,7 +409,7 @@ class HttpFacade:
             messages=messages,
             max_tokens=max_tokens,
             temperature=_expect(body, "temperature", (int, float), "a number"),
-            request_id=headers.get("x-request-id") or f"req_{uuid.uuid4().hex}",
+            request_id=headers.get("x-request-id") or new_request_id(),
             run_id=headers.get("x-interlock-run-id", ""),
             agent=headers.get("x-interlock-agent", ""),
             step=headers.get("x-interlock-step", ""),
@@ -420,13 +418,13 @@ class HttpFacade:
             tools=tools,
             tool_choice=choice,
             field_prefix="",
+            started_at=time.monotonic(),
         )
         return call, bool(_expect(body, "stream", bool, "a boolean"))
 
     async def _messages(self, caller: Caller, body: Mapping[str, Any], headers: Mapping[str, str], send: Send) -> int:
         snap = self._snapshot()
         call, stream = self._anthropic_call(snap, body, headers)
-        call = replace(call, started_at=time.monotonic())
         message_id = f"msg_{call.request_id}"
         if not stream:
             result = await self._flow.chat(caller, call, None, snap.providers)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -18,7 +16,7 @@ from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.live_routing import LiveRouting
 from interlock.services.router.adapters.load_shedding import LoadShedder
 from interlock.services.router.adapters.mesh_clients import BudgetClient
-from interlock.services.router.domain.chat import ChatCall, validate_chat
+from interlock.services.router.domain.chat import ChatCall, new_request_id, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
 from interlock.services.router.domain.routing import RoutingConfig
@@ -73,7 +71,7 @@ class RouterServicer:
                     "must be a JSON object (a JSON Schema)", field=f"params.tools[{i}].parameters_json"
                 )
             tools.append(ToolSpec(t.name, t.description, schema))
-        call = validate_chat(
+        return validate_chat(
             config,
             model=params.model,
             messages=[
@@ -88,7 +86,7 @@ class RouterServicer:
             ],
             max_tokens=params.max_tokens,
             temperature=params.temperature if params.HasField("temperature") else None,
-            request_id=params.request_id or f"req_{uuid.uuid4().hex}",
+            request_id=params.request_id or new_request_id(),
             run_id=params.run_id,
             agent=params.agent,
             top_p=params.top_p if params.HasField("top_p") else None,
@@ -97,8 +95,8 @@ class RouterServicer:
             tool_choice=params.tool_choice or None,
             json_mode=params.json_mode,
             step=params.step,
+            started_at=time.monotonic(),
         )
-        return replace(call, started_at=time.monotonic())
 
     @staticmethod
     def _response(result: ChatResult) -> router_pb2.ChatResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class ChatCall:
     """Step of the agent this call belongs to, for traces and replay."""
 
 
+def new_request_id() -> str:
+    """A request id for a call that brought none: `req_` and 128 random bits in hex."""
+    return f"req_{os.urandom(16).hex()}"
+
+
 def validate_chat(
     config: RoutingConfig,
     *,
@@ -66,6 +72,7 @@ def validate_chat(
     json_mode: bool = False,
     field_prefix: str = "params.",
     step: str = "",
+    started_at: float = 0.0,
 ) -> ChatCall:
     """Check every field; raise InvalidArgumentError naming the first bad one.
 
@@ -139,6 +146,7 @@ def validate_chat(
         tool_choice=tool_choice,
         json_mode=json_mode,
         config_version=config.version,
+        started_at=started_at,
         step=step,
     )
 
