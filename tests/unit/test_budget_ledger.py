@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from interlock.errors import FailedPreconditionError, NotFoundError
-from interlock.services.budget.adapters.ledger import BudgetLedger
+from interlock.services.budget.adapters.ledger import BudgetLedger, Tx
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.domain.model import (
     BudgetPolicy,
@@ -338,3 +338,59 @@ def test_concurrent_leases_and_reservations_never_exceed_the_limit(open_ledger: 
     assert spend.committed_nanos == sum(spent) <= 10_000
     assert spend.reserved_nanos == 0
     assert replicas[0].ledger_total() == (len(spent), sum(spent))
+
+
+def test_a_batch_of_commits_settles_exactly_as_the_same_commits_one_by_one(tmp_path: Path) -> None:
+    """commit_many reads and writes each scope, window and lease once per batch: spend,
+    windows, lease consumption, alerts, usage rows and reservations must still come out as
+    if each call had been committed alone, in order, including a lease whose hold runs out
+    mid-batch, a replayed commit and a window boundary inside the batch."""
+    day = 86_400.0
+    developer = Scope(ScopeKind.DEVELOPER, "acme", "search", "alice")
+
+    def prepared(name: str) -> BudgetLedger:
+        ledger = SqliteLedger(tmp_path / f"{name}.db")
+        ledger.set_budget(PROJECT, BudgetPolicy(2_000, Window.DAY, "UTC", (25, 50, 80, 100)), now=day - 100)
+        ledger.set_budget(developer, BudgetPolicy(5_000, alert_thresholds_pct=(10, 20)), now=day - 100)
+        ledger.lease("L1", ALICE, 1, grow(450), 300, now=day - 100, max_share=1.0)
+        for i in range(3):
+            assert ledger.reserve(f"b{i}", BOB, 400, 300, now=day - 100).granted
+        return ledger
+
+    commits: list[tuple[SettledUsage, list[tuple[str, str]], str]] = []
+    for i in range(8):  # 8 x 100 under a 450 lease: the hold runs out at the fifth
+        at = day - 50 + 10 * i  # the last three on the next day: a new window
+        commits.append((SettledUsage(f"a{i}", ALICE, "openai", "m", 10, 5, 100, at), [("h", str(i))], "L1"))
+        if i < 3:
+            commits.append((SettledUsage(f"b{i}", BOB, "openai", "m", 10, 5, 350, at), [], ""))
+    commits.insert(4, commits[0])  # a replay of a settled call, inside the batch
+
+    one_by_one, batched = prepared("one"), prepared("batch")
+    alone = [one_by_one.commit(u, h, lease_id) for u, h, lease_id in commits]
+    assert batched.commit_many(commits) == alone
+    assert alone.count(False) == 1
+
+    def state(ledger: BudgetLedger) -> dict[str, list[tuple[object, ...]]]:
+        queries = {
+            "spend": "SELECT scope, committed_nanos, reserved_nanos FROM spend ORDER BY scope",
+            "windows": "SELECT scope, window_start, committed_nanos FROM window_spend ORDER BY scope, window_start",
+            "leases": "SELECT lease_id, granted_nanos, consumed_nanos, state FROM leases",
+            "alerts": "SELECT scope, threshold_pct, committed_nanos, window_start, request_id FROM alerts"
+            " ORDER BY scope, window_start, threshold_pct",
+            "ledger": "SELECT request_id, cost_nanos, committed_at FROM ledger ORDER BY request_id",
+            "reservations": "SELECT request_id, state FROM reservations ORDER BY request_id",
+        }
+        out = {}
+        for name, query in queries.items():
+
+            def rows(tx: Tx, query: str = query) -> list[tuple[object, ...]]:
+                return [tuple(row) for row in tx.all(query)]
+
+            out[name] = ledger._read(rows)
+        return out
+
+    expected = state(one_by_one)
+    assert state(batched) == expected
+    assert len(expected["alerts"]) == 3 and len(expected["windows"]) == 2  # the case is not trivial
+    one_by_one.close()
+    batched.close()

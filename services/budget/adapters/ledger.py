@@ -328,26 +328,33 @@ class BudgetLedger:
     def commit_many(self, items: Sequence[tuple[SettledUsage, Sequence[tuple[str, str]], str]]) -> list[bool]:
         """Settle several calls in one transaction; a failing one fails them all.
 
+        The calls are settled in order, with the same outcome (spend, windows, leases, alerts)
+        as one by one, but each scope's spend and window and each lease is read and written
+        once per batch rather than once per call.
+
         Lock order, here as everywhere: reservation rows, then scope rows (sorted), then lease rows."""
         with self._tx() as tx:
             plans: list[tuple[SettledUsage, str, str, Principal, int | None] | None] = []
             for usage, headers, lease_id in items:
                 claim = self._claim_commit(tx, usage, lease_id)
                 plans.append(None if claim is None else (usage, json.dumps(list(headers)), lease_id, *claim))
-            self._lock_scopes(tx, sorted({s.key for p in plans if p is not None for s in scopes_of(p[3])}))
+            keys_all = sorted({s.key for p in plans if p is not None for s in scopes_of(p[3])})
+            self._lock_scopes(tx, keys_all)
+            batch = _Settlement(self, tx, keys_all)
             for plan in plans:
                 if plan is None:
                     continue
                 usage, headers_json, lease_id, principal, held = plan
                 keys = [s.key for s in scopes_of(principal)]
-                self._count_and_alert(tx, keys, usage, headers_json)
+                self._count_and_alert(tx, batch, keys, usage, headers_json)
                 if lease_id:
-                    held = self._consume_lease(tx, lease_id, usage.cost_nanos)
+                    held = batch.consume_lease(lease_id, usage.cost_nanos)
                 else:
                     tx.run("UPDATE reservations SET state = 'committed' WHERE request_id = ?", usage.request_id)
                 # An expired reservation or lease no longer holds money, but the call did happen: record it.
-                self._add_spend(tx, keys, usage.cost_nanos, -(held or 0))
+                batch.add_spend(keys, usage.cost_nanos, -(held or 0))
                 self._record_usage(tx, usage, principal, headers_json)
+            batch.write()
             return [plan is not None for plan in plans]
 
     def _claim_commit(self, tx: Tx, usage: SettledUsage, lease_id: str) -> tuple[Principal, int | None] | None:
@@ -469,33 +476,16 @@ class BudgetLedger:
             )
             return LeaseState(granted, consumed, added, now + ttl_s, limiting)
 
-    def _consume_lease(self, tx: Tx, lease_id: str, cost_nanos: int) -> int:
-        """Count a call's cost against its lease; returns the nanos of hold that cost used up."""
-        row = tx.one(
-            "SELECT granted_nanos, consumed_nanos, state FROM leases WHERE lease_id = ?" + self.lock_row_suffix,
-            lease_id,
-        )
-        assert row is not None  # checked by _claim_commit in this transaction
-        granted, consumed, state = int(row[0]), int(row[1]), row[2]
-        tx.run("UPDATE leases SET consumed_nanos = ? WHERE lease_id = ?", consumed + cost_nanos, lease_id)
-        # Only an active lease still holds its unused part; a closed or expired one gave it back.
-        return min(cost_nanos, max(0, granted - consumed)) if state == "active" else 0
-
-    def _count_and_alert(self, tx: Tx, keys: Sequence[str], usage: SettledUsage, headers_json: str) -> None:
+    def _count_and_alert(
+        self, tx: Tx, batch: _Settlement, keys: Sequence[str], usage: SettledUsage, headers_json: str
+    ) -> None:
         """Add the cost to each budgeted scope's current window; write an alert per threshold crossed."""
         now = usage.committed_at
-        for spend in self._spend(tx, keys, now):
+        for spend in batch.spend(keys, now):
             if spend.limit_nanos is None:
                 continue
             if spend.window is not Window.NONE:
-                tx.run(
-                    "INSERT INTO window_spend (scope, window_start, committed_nanos) VALUES (?, ?, ?)"
-                    " ON CONFLICT (scope, window_start) DO UPDATE"
-                    " SET committed_nanos = window_spend.committed_nanos + excluded.committed_nanos",
-                    spend.scope_key,
-                    spend.span.start,
-                    usage.cost_nanos,
-                )
+                batch.add_window(spend.scope_key, spend.span.start, usage.cost_nanos)
             after = spend.committed_nanos + usage.cost_nanos
             for pct in crossed_thresholds(spend.limit_nanos, spend.committed_nanos, after, spend.alert_thresholds_pct):
                 alert = BudgetAlert(
@@ -694,3 +684,106 @@ def iter_statements(schema: str) -> Iterator[str]:
     for statement in schema.split(";"):
         if statement.strip():
             yield statement.strip()
+
+
+class _Settlement:
+    """The spend, window and lease rows a batch of commits changes, read once each (the
+    scope rows locked by the caller, lease rows locked here on first use) and kept up to date
+    in memory as the batch's calls are settled in order; `write` stores them."""
+
+    def __init__(self, ledger: BudgetLedger, tx: Tx, keys: Sequence[str]) -> None:
+        self._ledger = ledger
+        self._tx = tx
+        self._policies = ledger._policies(tx, keys)
+        self._spent: dict[str, list[int]] = {}
+        """scope -> [committed, reserved] as the batch has made them so far."""
+        self._spend_delta: dict[str, list[int]] = {}
+        self._windows: dict[tuple[str, float], int] = {}
+        self._window_delta: dict[tuple[str, float], int] = {}
+        self._leases: dict[str, list[Any]] = {}
+        """lease id -> [granted, consumed, state]; consumed as the batch has made it so far."""
+        self._consumed: dict[str, int] = {}
+
+    def _spent_of(self, key: str) -> list[int]:
+        spent = self._spent.get(key)
+        if spent is None:
+            row = self._tx.one("SELECT committed_nanos, reserved_nanos FROM spend WHERE scope = ?", key)
+            spent = self._spent[key] = [int(row[0]), int(row[1])] if row else [0, 0]
+        return spent
+
+    def _window_of(self, key: str, start: float) -> int:
+        committed = self._windows.get((key, start))
+        if committed is None:
+            committed = self._windows[(key, start)] = self._ledger._window_committed(self._tx, key, start)
+        return committed
+
+    def spend(self, keys: Sequence[str], now: float) -> list[ScopeSpend]:
+        """What `Ledger._spend` would read at this point of the batch."""
+        out = []
+        for key in keys:
+            committed, reserved = self._spent_of(key)
+            policy = self._policies.get(key)
+            if policy is None:
+                out.append(ScopeSpend(key, None, committed, reserved))
+                continue
+            span = NO_WINDOW
+            if policy.window is not Window.NONE:
+                span = window_span(policy.window, policy.time_zone, now)
+                committed = self._window_of(key, span.start)
+            out.append(
+                ScopeSpend(
+                    key,
+                    policy.limit_nanos,
+                    committed,
+                    reserved,
+                    policy.window,
+                    policy.time_zone,
+                    span,
+                    policy.alert_thresholds_pct,
+                )
+            )
+        return out
+
+    def add_window(self, key: str, start: float, nanos: int) -> None:
+        self._windows[(key, start)] = self._window_of(key, start) + nanos
+        self._window_delta[(key, start)] = self._window_delta.get((key, start), 0) + nanos
+
+    def add_spend(self, keys: Sequence[str], committed: int, reserved: int) -> None:
+        for key in keys:
+            spent = self._spent_of(key)
+            spent[0] += committed
+            spent[1] += reserved
+            delta = self._spend_delta.setdefault(key, [0, 0])
+            delta[0] += committed
+            delta[1] += reserved
+
+    def consume_lease(self, lease_id: str, cost_nanos: int) -> int:
+        """Count a call's cost against its lease; returns the nanos of hold that cost used up."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            row = self._tx.one(
+                "SELECT granted_nanos, consumed_nanos, state FROM leases WHERE lease_id = ?"
+                + self._ledger.lock_row_suffix,
+                lease_id,
+            )
+            assert row is not None  # checked by _claim_commit in this transaction
+            lease = self._leases[lease_id] = [int(row[0]), int(row[1]), row[2]]
+        granted, consumed, state = lease
+        lease[1] = consumed + cost_nanos
+        # Only an active lease still holds its unused part; a closed or expired one gave it back.
+        return min(cost_nanos, max(0, granted - consumed)) if state == "active" else 0
+
+    def write(self) -> None:
+        for (key, start), nanos in self._window_delta.items():
+            self._tx.run(
+                "INSERT INTO window_spend (scope, window_start, committed_nanos) VALUES (?, ?, ?)"
+                " ON CONFLICT (scope, window_start) DO UPDATE"
+                " SET committed_nanos = window_spend.committed_nanos + excluded.committed_nanos",
+                key,
+                start,
+                nanos,
+            )
+        for key, (committed, reserved) in self._spend_delta.items():
+            self._ledger._add_spend(self._tx, [key], committed, reserved)
+        for lease_id, (_, consumed, _) in self._leases.items():
+            self._tx.run("UPDATE leases SET consumed_nanos = ? WHERE lease_id = ?", consumed, lease_id)
