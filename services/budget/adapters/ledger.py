@@ -702,7 +702,6 @@ class _Settlement:
         self._window_delta: dict[tuple[str, float], int] = {}
         self._leases: dict[str, list[Any]] = {}
         """lease id -> [granted, consumed, state]; consumed as the batch has made it so far."""
-        self._consumed: dict[str, int] = {}
 
     def _spent_of(self, key: str) -> list[int]:
         spent = self._spent.get(key)
@@ -718,7 +717,7 @@ class _Settlement:
         return committed
 
     def spend(self, keys: Sequence[str], now: float) -> list[ScopeSpend]:
-        """What `Ledger._spend` would read at this point of the batch."""
+        """What `BudgetLedger._spend` would read at this point of the batch."""
         out = []
         for key in keys:
             committed, reserved = self._spent_of(key)
