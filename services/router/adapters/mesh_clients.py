@@ -639,11 +639,20 @@ class BudgetClient:
             self._pending_commits.add(task)
             task.add_done_callback(self._pending_commits.discard)
             return None
-        request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
-        return self._commit_waited(request)
+        lease_id = self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else ""
+        return self._commit_waited(
+            self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms, lease_id)
+        )
 
+    @staticmethod
     def _commit_request(
-        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int, latency_ms: int
+        call: ChatCall,
+        provider: str,
+        usage: TokenUsage,
+        cost_nanos: int,
+        provider_attempts: int,
+        latency_ms: int,
+        lease_id: str,
     ) -> budget_pb2.CommitRequest:
         return budget_pb2.CommitRequest(
             request_id=call.request_id,
@@ -659,7 +668,7 @@ class BudgetClient:
             reasoning_tokens=usage.reasoning_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             latency_ms=latency_ms,
-            lease_id=self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else "",
+            lease_id=lease_id,
             provider_attempts=provider_attempts,
         )
 
@@ -698,21 +707,21 @@ class BudgetClient:
     async def _commit_in_background(
         self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int, latency_ms: int
     ) -> None:
-        request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
+        lease_id = ""
         try:
+            lease_id = self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else ""
+            request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms, lease_id)
             await self._send_commit(request, retry_until=time.monotonic() + self._background_commit_s)
         except Exception as exc:  # noqa: BLE001 - nobody awaits this task: log, count, go on
             # The caller has its answer; the reservation (or lease hold) expires on its own.
             self.commits_lost += 1
             log.error(
                 "budget commit given up; the call's usage is not in the ledger",
-                extra={
-                    "fields": {"request_id": request.request_id, "cost_nanos": request.cost_nanos, "error": str(exc)}
-                },
+                extra={"fields": {"request_id": call.request_id, "cost_nanos": cost_nanos, "error": str(exc)}},
             )
         finally:
-            if self.leases is not None and request.lease_id:
-                self.leases.commit_done(request.lease_id)
+            if self.leases is not None and lease_id:
+                self.leases.commit_done(lease_id)
 
     async def flush_commits(self, timeout_s: float) -> bool:
         """Wait for the commits sent after their answers; False when some are still pending."""
