@@ -246,32 +246,7 @@ class BudgetLedger:
         return int(row[0]) if row else 0
 
     def _spend(self, tx: Tx, keys: Sequence[str], now: float) -> list[ScopeSpend]:
-        policies = self._policies(tx, keys)
-        out = []
-        for key in keys:
-            spent = tx.one("SELECT committed_nanos, reserved_nanos FROM spend WHERE scope = ?", key)
-            committed, reserved = (int(spent[0]), int(spent[1])) if spent else (0, 0)
-            policy = policies.get(key)
-            if policy is None:
-                out.append(ScopeSpend(key, None, committed, reserved))
-                continue
-            span = NO_WINDOW
-            if policy.window is not Window.NONE:
-                span = window_span(policy.window, policy.time_zone, now)
-                committed = self._window_committed(tx, key, span.start)
-            out.append(
-                ScopeSpend(
-                    key,
-                    policy.limit_nanos,
-                    committed,
-                    reserved,
-                    policy.window,
-                    policy.time_zone,
-                    span,
-                    policy.alert_thresholds_pct,
-                )
-            )
-        return out
+        return _Settlement(self, tx, keys).spend(keys, now)
 
     @staticmethod
     def _add_spend(tx: Tx, keys: Sequence[str], committed: int, reserved: int) -> None:
@@ -717,7 +692,7 @@ class _Settlement:
         return committed
 
     def spend(self, keys: Sequence[str], now: float) -> list[ScopeSpend]:
-        """What `BudgetLedger._spend` would read at this point of the batch."""
+        """Each scope's limit and spend (in its window at `now`) as the batch has made them so far."""
         out = []
         for key in keys:
             committed, reserved = self._spent_of(key)
