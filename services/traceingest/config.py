@@ -51,10 +51,15 @@ class TraceIngestSettings:
     """The local usage spool (SQLite file) budget appends to; used when `kafka_bootstrap` is empty."""
     usage_batch_size: int = 5000
     """Most usage events stored with one INSERT (a poll takes what is there, up to this many)."""
+    usage_linger_s: float = 1.0
+    """How long a short batch of usage events from Kafka keeps fetching before its INSERT: an
+    event waits at most this long, and a trickle is stored in about one INSERT a second, not
+    one per fetch (each INSERT writes a part to usage_events and to both rollups; ClickHouse
+    advises about one INSERT a second). A full batch (`usage_batch_size`) goes at once; 0: none."""
     kafka_receive_spans: bool = True
     """Keep the aiokafka instrumentation's receive span per usage record; off saves about 40% of
     trace-ingest's CPU per event, and every record keeps its processing span (docs/BENCHMARKS.md)."""
-    spool_poll_interval_s: float = 0.5
+    spool_poll_interval_s: float = 1.0
     """How often the spool is read while it holds less than a full batch: an event waits at most
     this long, and one INSERT stores what arrived meanwhile (each INSERT costs the embedded
     ClickHouse engine milliseconds of CPU, whatever its size)."""

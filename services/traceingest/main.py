@@ -88,6 +88,7 @@ def build_trace_ingest(settings: TraceIngestSettings, *, tracer_provider: Tracer
             settings.consumer_group,
             ingestor,
             max_records=settings.usage_batch_size,
+            linger_s=settings.usage_linger_s,
             backoff=backoff,
             prepare=create_topics if settings.create_topics else None,
             receive_spans=settings.kafka_receive_spans,

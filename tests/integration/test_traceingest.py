@@ -294,6 +294,58 @@ async def test_kafka_usage_lands_once_in_clickhouse_traced_and_summed(
         producer_provider.shutdown()
 
 
+async def test_kafka_trickle_lingers_into_one_insert(
+    kafka_bootstrap: str,
+    clickhouse_url: str,
+    service_tracing: tuple[TracerProvider, InMemorySpanExporter],
+    tmp_path: Path,
+) -> None:
+    """Events arriving apart within the linger are stored by one INSERT, not one per fetch."""
+    provider, service_spans = service_tracing
+    database, topic, group, org = _name("it"), _name("usage"), _name("group"), _name("org")
+    settings = _settings(
+        tmp_path,
+        clickhouse_url=clickhouse_url,
+        database=database,
+        kafka_bootstrap=kafka_bootstrap,
+        usage_topic=topic,
+        consumer_group=group,
+        usage_linger_s=4.0,
+    )
+    ch = clickhouse_connect.get_client(dsn=clickhouse_url)
+
+    async def stored(count: int) -> bool:
+        try:
+            return _count(ch, f"SELECT count() FROM {database}.usage_events WHERE org = {{o:String}}", o=org) == count
+        except Exception:  # noqa: BLE001 - the table appears with the first insert
+            return False
+
+    async def insert_sizes(events: int) -> list[int] | None:
+        """Batch sizes of the INSERTs so far, once they hold `events` events (spans end after the rows land)."""
+        spans = service_spans.get_finished_spans()
+        sizes = [s.attributes.get("db.operation.batch.size") for s in spans if s.name == INSERT and s.attributes]
+        done = [n for n in sizes if isinstance(n, int)]
+        return done if sum(done) >= events else None
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        async with running(settings, provider):
+            # The consumer is in its group and caught up once this first event is stored.
+            first = _event(org, "gpt-4o", 1)
+            await producer.send_and_wait(topic, first.SerializeToString(), key=first.event_id.encode())
+            await eventually(lambda: stored(1), what="the first event")
+            assert await eventually(lambda: insert_sizes(1), what="the first insert") == [1]
+            for n in range(3):
+                event = _event(org, "gpt-4o", 10 + n)
+                await producer.send_and_wait(topic, event.SerializeToString(), key=event.event_id.encode())
+                await asyncio.sleep(0.3)  # each lands in a fetch of its own
+            await eventually(lambda: stored(4), what="the three later events")
+            assert await eventually(lambda: insert_sizes(4), what="the later inserts") == [1, 3]
+    finally:
+        await producer.stop()
+
+
 async def test_otlp_spans_are_stored_redacted_and_read_back_by_trace(
     clickhouse_url: str, service_tracing: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ class KafkaUsageConsumer:
         *,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
+        linger_s: float = 0.0,
         backoff: Backoff = DEFAULT_BACKOFF,
         prepare: Callable[[], Awaitable[object]] | None = None,
         receive_spans: bool = True,
@@ -46,6 +47,9 @@ class KafkaUsageConsumer:
         self.ingestor = ingestor
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
+        self.linger_s = linger_s
+        """How long a batch short of `max_records` keeps fetching before it is stored: a trickle
+        of events is then stored by a few INSERTs a second rather than one per fetch."""
         self.backoff = backoff
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,7 +112,7 @@ class KafkaUsageConsumer:
                 batches: dict[Any, list[Any]] = {}
                 prepared: PreparedBatch | None = None
                 try:
-                    batches = await getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
+                    await self._fetch(getmany, batches)
                     if batches:
                         prepared = self.ingestor.prepare(self._inbound(batches))
                 except Exception as exc:  # noqa: BLE001 - keep consuming; never skip a batch
@@ -148,6 +152,25 @@ class KafkaUsageConsumer:
                         log.warning("usage batch not stored at stop", extra={"fields": {"error": str(exc)}})
             finally:
                 await consumer.stop()
+
+    async def _fetch(self, getmany: Any, batches: dict[Any, list[Any]]) -> None:
+        """Fetch into `batches` (filled in place, so a failure midway rewinds what was fetched):
+        the records there are, then, while short of `max_records`, those arriving within
+        `linger_s` of the first."""
+        batches.update(await getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records))
+        if not batches or self.linger_s <= 0:
+            return
+        count = sum(len(records) for records in batches.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_s
+        while count < self.max_records and not self._stop.is_set():
+            left_ms = int((deadline - loop.time()) * 1000)
+            if left_ms <= 0:
+                return
+            more = await getmany(timeout_ms=min(left_ms, self.poll_timeout_ms), max_records=self.max_records - count)
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
 
     @staticmethod
     def _failed(exc: Exception, failures: int) -> int:
