@@ -3,10 +3,12 @@
 Starts nginx (the same fixed upstream as `make bench`) and, in its own process on uvloop, a
 proxy that does nothing but forward: httptools parses the request, the router's HTTP/1.1
 client (`http_pool.HttpPool`) sends it to nginx on a kept-alive connection, and the answer
-goes back in one write. No auth, limits, budgets, JSON, spans or usage events. Then, at each
-rate, vegeta drives nginx directly and through the proxy in alternating rounds, and the
-report gives the added latency percentiles as `make bench` does (a path's percentile minus
-the direct path's).
+goes back in one write. No auth, limits, budgets, JSON, spans or usage events. A second
+proxy does the same behind the HTTP server the router's facade runs on (uvicorn's httptools
+protocol as `interlock._http` configures it, a bare ASGI app): the difference between the two
+is what the ASGI server layer costs. Then, at each rate, vegeta drives nginx directly and
+through both proxies in alternating rounds, and the report gives the added latency
+percentiles as `make bench` does (a path's percentile minus the direct path's).
 
     python -m bench.floor                          # 100 and 1,000 calls/s, 3 rounds of 10 s
     python -m bench.floor --rates 10,100 --json
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from interlock.devservers import free_port
 
@@ -89,6 +92,52 @@ def _serve(port: int, upstream_url: str) -> None:
     uvloop.run(main())
 
 
+def _serve_asgi(port: int, upstream_url: str) -> None:
+    """The same forwarding behind the facade's HTTP server: a bare ASGI app (runs until killed)."""
+    import uvloop
+
+    from interlock._http import EmbeddedHttpServer
+    from interlock.services.router.adapters.http_pool import HttpPool
+
+    async def main() -> None:
+        pool = HttpPool(upstream_url, max_connections=256, connect_timeout_s=5.0)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            response = await pool.request("POST", _PATH, {"content-type": "application/json"}, body)
+            try:
+                answer = await response.read()
+            finally:
+                response.release()
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+
+        await EmbeddedHttpServer(app, port=port).start()
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def _wait_listening(port: int, proxy: multiprocessing.process.BaseProcess) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or not proxy.is_alive():
+                raise RuntimeError("a floor proxy did not start") from None
+            time.sleep(0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,1000", help="requests per second, comma-separated (100,1000)")
@@ -100,60 +149,65 @@ def main(argv: list[str] | None = None) -> int:
     tools = find_tools(need_litellm=False)
     work = Path(tempfile.mkdtemp(prefix="interlock-bench-floor-"))
     upstream = NginxUpstream(work / "nginx", tools.nginx).start()
-    port = free_port()
-    proxy = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, upstream.url), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    port, asgi_port = free_port(), free_port()
+    proxy = spawn.Process(target=_serve, args=(port, upstream.url), daemon=True)
+    asgi = spawn.Process(target=_serve_asgi, args=(asgi_port, upstream.url), daemon=True)
     proxy.start()
+    asgi.start()
     rows = []
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or not proxy.is_alive():
-                    raise RuntimeError("the floor proxy did not start") from None
-                time.sleep(0.1)
+        _wait_listening(port, proxy)
+        _wait_listening(asgi_port, asgi)
         direct = Endpoint("direct", "upstream", False, "", url=f"{upstream.url}{_PATH}", model="gpt-4o-mini")
         floor = Endpoint("floor", "floor", False, "direct", url=f"http://127.0.0.1:{port}/", model="gpt-4o-mini")
-        for endpoint in (direct, floor):
-            run_vegeta(tools, endpoint, 50, 2, work)  # warm connections on both paths
+        floor_asgi = Endpoint(
+            "floor_asgi", "floor", False, "direct", url=f"http://127.0.0.1:{asgi_port}/", model="gpt-4o-mini"
+        )
+        paths = (direct, floor, floor_asgi)
+        for endpoint in paths:
+            run_vegeta(tools, endpoint, 50, 2, work)  # warm connections on every path
         for rate in rates:
-            latencies: dict[str, list[float]] = {"direct": [], "floor": []}
-            errors = {"direct": 0, "floor": 0}
+            latencies: dict[str, list[float]] = {e.name: [] for e in paths}
+            errors = {e.name: 0 for e in paths}
             for round_no in range(args.rounds):
-                order = (direct, floor) if round_no % 2 == 0 else (floor, direct)
+                order = paths if round_no % 2 == 0 else paths[::-1]
                 for endpoint in order:
                     print(f"floor: {rate:g}/s round {round_no + 1}/{args.rounds}: {endpoint.name}", file=sys.stderr)
                     result, _ = run_vegeta(tools, endpoint, rate, args.seconds, work)
                     latencies[endpoint.name] += result.latencies_ms
                     errors[endpoint.name] += result.errors
-            row: dict[str, float] = {"rate": rate, "errors_direct": errors["direct"], "errors_floor": errors["floor"]}
+            row: dict[str, float] = {"rate": rate} | {f"errors_{name}": n for name, n in errors.items()}
             for p in (50, 90, 99):
-                d, f = percentile(latencies["direct"], p), percentile(latencies["floor"], p)
+                d = percentile(latencies["direct"], p)
+                f, a = percentile(latencies["floor"], p), percentile(latencies["floor_asgi"], p)
                 row |= {
                     f"direct_p{p}_ms": round(d, 3),
                     f"floor_p{p}_ms": round(f, 3),
                     f"added_p{p}_ms": round(f - d, 3),
+                    f"floor_asgi_p{p}_ms": round(a, 3),
+                    f"added_asgi_p{p}_ms": round(a - d, 3),
                 }
             rows.append(row)
     finally:
-        proxy.kill()
-        proxy.join(5)
+        for process in (proxy, asgi):
+            process.kill()
+            process.join(5)
         upstream.stop()
     if args.json:
         print(json.dumps({"rates": rates, "seconds": args.seconds, "rounds": args.rounds, "rows": rows}, indent=2))
     else:
         print(
-            "| rate | direct p50 / p99 ms | through the floor proxy p50 / p99 ms | added p50 / p90 / p99 ms | errors |"
+            "| rate | direct p50 / p99 ms | added p50 / p90 / p99 ms: httptools proxy "
+            "| added p50 / p90 / p99 ms: behind the facade's ASGI server | errors |"
         )
         print("|---|---|---|---|---|")
         for r in rows:
             print(
                 f"| {r['rate']:,.0f}/s | {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} "
-                f"| {r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f} "
                 f"| {r['added_p50_ms']:.2f} / {r['added_p90_ms']:.2f} / {r['added_p99_ms']:.2f} "
-                f"| {r['errors_direct'] + r['errors_floor']:.0f} |"
+                f"| {r['added_asgi_p50_ms']:.2f} / {r['added_asgi_p90_ms']:.2f} / {r['added_asgi_p99_ms']:.2f} "
+                f"| {sum(n for k, n in r.items() if k.startswith('errors_')):.0f} |"
             )
     return 0
 
