@@ -193,14 +193,11 @@ def _settings(tmp_path: Path, **fields: Any) -> TraceIngestSettings:
     return replace(base, **fields)
 
 
-async def test_kafka_usage_lands_once_in_clickhouse_traced_and_summed(
-    kafka_bootstrap: str,
-    clickhouse_url: str,
-    service_tracing: tuple[TracerProvider, InMemorySpanExporter],
-    tmp_path: Path,
-) -> None:
-    provider, service_spans = service_tracing
-    database, topic, group, org = _name("it"), _name("usage"), _name("group"), _name("org")
+def _kafka_settings(
+    tmp_path: Path, clickhouse_url: str, kafka_bootstrap: str, **fields: Any
+) -> tuple[TraceIngestSettings, str, str, str]:
+    """Kafka-mode settings of one test: its own database, topic and consumer group (returned too)."""
+    database, topic, group = _name("it"), _name("usage"), _name("group")
     settings = _settings(
         tmp_path,
         clickhouse_url=clickhouse_url,
@@ -208,7 +205,20 @@ async def test_kafka_usage_lands_once_in_clickhouse_traced_and_summed(
         kafka_bootstrap=kafka_bootstrap,
         usage_topic=topic,
         consumer_group=group,
+        **fields,
     )
+    return settings, database, topic, group
+
+
+async def test_kafka_usage_lands_once_in_clickhouse_traced_and_summed(
+    kafka_bootstrap: str,
+    clickhouse_url: str,
+    service_tracing: tuple[TracerProvider, InMemorySpanExporter],
+    tmp_path: Path,
+) -> None:
+    provider, service_spans = service_tracing
+    settings, database, topic, group = _kafka_settings(tmp_path, clickhouse_url, kafka_bootstrap)
+    org = _name("org")
     ch = clickhouse_connect.get_client(dsn=clickhouse_url)
     tracer, producer_provider = _producer_tracer()
     headers, publish = _traced_headers(tracer, f"{topic} publish")
@@ -302,16 +312,8 @@ async def test_kafka_trickle_lingers_into_one_insert(
 ) -> None:
     """Events arriving apart within the linger are stored by one INSERT, not one per fetch."""
     provider, service_spans = service_tracing
-    database, topic, group, org = _name("it"), _name("usage"), _name("group"), _name("org")
-    settings = _settings(
-        tmp_path,
-        clickhouse_url=clickhouse_url,
-        database=database,
-        kafka_bootstrap=kafka_bootstrap,
-        usage_topic=topic,
-        consumer_group=group,
-        usage_linger_s=4.0,
-    )
+    settings, database, topic, _ = _kafka_settings(tmp_path, clickhouse_url, kafka_bootstrap, usage_linger_s=4.0)
+    org = _name("org")
     ch = clickhouse_connect.get_client(dsn=clickhouse_url)
 
     async def stored(count: int) -> bool:
