@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-floor bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
+.PHONY: install bench-install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-floor bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,33 +37,51 @@ buf-lint:
 buf-breaking:
 	bash scripts/buf.sh breaking
 
+# The benchmarks run the services (and LiteLLM's proxy) on an optimised CPython, as the
+# deployed image's python:3.11-slim is (built with PGO and LTO): Debian's python3.11 where
+# there is one (linked statically, built with LTO and PGO), else $(PY). BENCH_PY=... overrides.
+BENCH_PY ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo $(PY))
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+export BENCH_PY
+
+$(BENCH_BIN)/interlock: $(BIN)/interlock
+	test -x $(BENCH_BIN)/python || $(BENCH_PY) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install -q --upgrade pip
+	# The install's build hook regenerates the shared stubs: with the same plugins as .venv's.
+	$(BENCH_BIN)/pip install -q grpcio-tools==1.85.1 mypy-protobuf==5.1.0
+	$(BENCH_BIN)/pip install -q -e '.[dev]'
+	touch $(BENCH_BIN)/interlock
+
+bench-install: $(BENCH_BIN)/interlock
+
 # Interlock vs direct calls vs LiteLLM's proxy at fixed rates; writes docs/BENCHMARKS.md's
 # section and plot. `make bench BENCH_ARGS=--quick` is a smoke run that leaves docs/ alone.
-bench: install
+bench: bench-install
 	bash bench/deps.sh
-	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.compare $(BENCH_ARGS)
 
 # The first benchmark: mesh vs the built-in fake provider, in-process load at one rate.
 # A/B of mesh settings at one rate: latency and CPU per call by process, e.g.
 # make bench-probe PROBE_ARGS="--rate 100 --variant X=false --variant X=true"
-bench-probe: install
+bench-probe: bench-install
 	bash bench/deps.sh
-	$(BIN)/python -m bench.probe $(PROBE_ARGS)
+	$(BENCH_BIN)/python -m bench.probe $(PROBE_ARGS)
 
 # The least a Python proxy adds here (httptools + the router's HTTP client, no checks), e.g.
 # make bench-floor FLOOR_ARGS="--rates 10,100,1000"
-bench-floor: install
+bench-floor: bench-install
 	bash bench/deps.sh
-	$(BIN)/python -m bench.floor $(FLOOR_ARGS)
+	$(BENCH_BIN)/python -m bench.floor $(FLOOR_ARGS)
 
 bench-overhead: install
 	$(BIN)/python -m benchmarks.router_overhead
 
 # Steady load on the mesh, router RSS over time (the issue asks for 30 minutes).
 MINUTES ?= 30
-soak: install
+soak: bench-install
 	bash bench/deps.sh
-	$(BIN)/python -m bench.soak --minutes $(MINUTES) $(SOAK_ARGS)
+	$(BENCH_BIN)/python -m bench.soak --minutes $(MINUTES) $(SOAK_ARGS)
 
 bench-budget: install
 	$(BIN)/python -m benchmarks.budget_throughput
@@ -84,4 +102,4 @@ bench-grpc-hop: install
 	$(BIN)/python -m benchmarks.grpc_hop
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) var build *.egg-info

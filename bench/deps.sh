@@ -4,6 +4,7 @@
 # - vegeta (Go module): open-loop HTTP load at a fixed rate;
 # - ghz (Go module): open-loop gRPC load at a fixed rate;
 # - LiteLLM's proxy (PyPI, pinned) in its own venv, never in .venv: its pins would clash.
+#   It runs on the interpreter the bench's services run on ($BENCH_PY, set by the Makefile).
 # Installs only what is missing; apt-get needs root (or sudo).
 set -euo pipefail
 CACHE=${INTERLOCK_CACHE:-$HOME/.cache/interlock}
@@ -42,11 +43,14 @@ if ! have_module ghz github.com/bojand/ghz "$GHZ_VERSION"; then
   go_install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
 fi
 
-LITELLM_VENV="$CACHE/litellm-$LITELLM_VERSION"
+BENCH_PY=${BENCH_PY:-python3}
+# One venv per interpreter: a venv made from another Python is never reused.
+PY_TAG=$("$BENCH_PY" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')-$(readlink -f "$(command -v "$BENCH_PY")" | md5sum | cut -c1-8)
+LITELLM_VENV="$CACHE/litellm-$LITELLM_VERSION-$PY_TAG"
 if [[ ! -x "$LITELLM_VENV/bin/litellm" ]]; then
-  echo "bench deps: LiteLLM proxy $LITELLM_VERSION into $LITELLM_VENV" >&2
+  echo "bench deps: LiteLLM proxy $LITELLM_VERSION into $LITELLM_VENV ($BENCH_PY)" >&2
   rm -rf "$LITELLM_VENV"
-  python3 -m venv "$LITELLM_VENV"
+  "$BENCH_PY" -m venv "$LITELLM_VENV"
   "$LITELLM_VENV/bin/pip" install -q --upgrade pip
   "$LITELLM_VENV/bin/pip" install -q "litellm[proxy]==$LITELLM_VERSION"
 fi

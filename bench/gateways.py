@@ -172,8 +172,9 @@ BENCH_ENV = {
 class InterlockGateway:
     """The embedded mesh with auth, rate-limit and budget checks on, routed to the upstream."""
 
-    def __init__(self, upstream_url: str, env: Mapping[str, str] | None = None) -> None:
-        """`env`: settings over BENCH_ENV's (`bench.probe` compares variants this way)."""
+    def __init__(self, upstream_url: str, env: Mapping[str, str] | None = None, python: str = "") -> None:
+        """`env`: settings over BENCH_ENV's (`bench.probe` compares variants this way);
+        `python`: the interpreter the services run on (default: this process's)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="interlock-bench-mesh-")
         data = Path(self._tmp.name)
         (data / "routing.yaml").write_text(routing_yaml(upstream_url))
@@ -189,6 +190,7 @@ class InterlockGateway:
             limits_path=str(data / "limits.yaml"),
             fake_provider=False,
             extra_env={**BENCH_ENV, **(env or {})},
+            python=python,
         )
         self.mesh = Mesh(self.cfg)
         self.api_key = ""

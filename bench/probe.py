@@ -11,7 +11,9 @@ of CPU milliseconds per answered call and peak RSS of each mesh process, and the
     python -m bench.probe --rate 100 --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=false \\
         --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true --rounds 4 --json
 
-A variant is a comma-separated list of NAME=VALUE settings ("" for the mesh as it is). This
+A variant is a comma-separated list of NAME=VALUE settings ("" for the mesh as it is); the
+item `python=PATH` runs that variant's services on another interpreter (a venv's python with
+Interlock installed, e.g. `--variant python=.venv/bin/python --variant ""`). This
 is the tool behind the per-change figures in docs/BENCHMARKS.md; `make bench` remains the
 reference comparison against LiteLLM.
 """
@@ -45,6 +47,10 @@ class VariantResult:
     def summary(self) -> dict[str, float]:
         keys = sorted({k for r in self.rounds for k in r})
         return {k: round(self.median(k), 3) for k in keys}
+
+
+PYTHON_ITEM = "python"
+"""The variant item naming the services' interpreter rather than a setting."""
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -91,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(text, parse_variant(text)) for text in (args.variant or [""])]
     except ValueError as exc:
         parser.error(str(exc))
+    for _, env in variants:
+        python = env.get(PYTHON_ITEM, "")
+        if python and not Path(python).exists():
+            parser.error(f"no interpreter at {python}")
     tools = find_tools(need_litellm=False)
     work = Path(tempfile.mkdtemp(prefix="interlock-probe-"))
     upstream = NginxUpstream(work / "nginx", tools.nginx).start()
@@ -99,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for text, env in variants:
             print(f"probe: starting a mesh for {text or '(as configured)'}", file=sys.stderr, flush=True)
-            gateways.append((text, InterlockGateway(upstream.url, env).start()))
+            settings = {k: v for k, v in env.items() if k != PYTHON_ITEM}
+            gateways.append((text, InterlockGateway(upstream.url, settings, env.get(PYTHON_ITEM, "")).start()))
         for round_no in range(args.rounds):
             order = gateways if round_no % 2 == 0 else gateways[::-1]
             for text, gateway in order:

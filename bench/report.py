@@ -255,7 +255,8 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   Carried (a throughput figure for when nothing is sustained): errors < 1%, >= 95% achieved and
   p99 under 1 s, whatever the added latency.
 
-Machine: {m["cpu"]}, {m["cores"]} cores, {m["memory"]}, Linux {m["kernel"]}, Python {v["python"]},
+Machine: {m["cpu"]}, {m["cores"]} cores, {m["memory"]}, Linux {m["kernel"]}, Python {v["python"]}
+({v.get("python_build", "build not recorded")}; Interlock's services and LiteLLM's proxy both run on it),
 grpcio {v["grpcio"]}. The machine is shared and noisy (other engineers' test suites run on the same
 two cores), and the load generators, nginx and both gateways share those two cores with each other:
 figures move between runs, and rates past a few hundred per second measure CPU contention as much
@@ -263,7 +264,7 @@ as any gateway. Run {results["started"]} to {results["finished"]}, load average 
 {m["load_avg_1m_at_start"]}.
 
 ```console
-$ .venv/bin/{results["command"]}
+$ .venv-bench/bin/{results["command"]}
 ```
 
 (`make bench` runs `bash bench/deps.sh`, then `python -m bench.compare $(BENCH_ARGS)`; the

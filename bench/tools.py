@@ -70,6 +70,13 @@ def commit() -> str:
     return f"{head}+uncommitted" if dirty else head
 
 
+def python_build() -> str:
+    """The CPython running the bench (and so its services): executable, libpython linkage."""
+    maps = Path("/proc/self/maps")
+    shared = maps.exists() and "libpython" in maps.read_text()
+    return f"{os.path.realpath(sys.executable)}, libpython {'shared' if shared else 'linked in statically'}"
+
+
 def versions(tools: Tools) -> dict[str, str]:
     """Versions of everything a run depends on, for the report."""
     nginx = subprocess.run([str(tools.nginx), "-v"], capture_output=True, text=True, check=False).stderr.strip()
@@ -85,6 +92,7 @@ def versions(tools: Tools) -> dict[str, str]:
         "interlock": version("interlock"),
         "interlock_commit": commit(),
         "python": platform.python_version(),
+        "python_build": python_build(),
         "grpcio": version("grpcio"),
         "litellm": litellm,
         "nginx": nginx.split("/", 1)[-1] if "/" in nginx else nginx,

@@ -52,6 +52,9 @@ class MeshConfig:
     """Start the built-in fake OpenAI-compatible provider."""
     trace_export_delay_ms: int = 500
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    python: str = ""
+    """Interpreter the services run on (a venv's python with Interlock installed); empty:
+    the one running this process."""
 
     def target(self, service: str) -> str:
         port = {
@@ -138,7 +141,7 @@ class Mesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child from here on
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", module, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            [self.cfg.python or sys.executable, "-m", module, *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
 

@@ -103,6 +103,24 @@ def test_probe_variants_parse_and_refuse_malformed_items() -> None:
             parse_variant(bad)
 
 
+def test_mesh_services_run_on_the_configured_interpreter(tmp_path: Path) -> None:
+    """`python=PATH` in a probe variant reaches MeshConfig.python: each service is started by
+    that interpreter with `-m <module>`, not by the harness's own."""
+    import stat
+
+    from interlock.mesh import Mesh, MeshConfig
+
+    seen = tmp_path / "argv.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$0 $*" > {seen}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    mesh = Mesh(MeshConfig(data_dir=tmp_path, python=str(fake)))
+    mesh._spawn("router", "interlock.services.router", ["--flag"], {"PATH": "/usr/bin:/bin"})
+    assert mesh.processes["router"].wait(timeout=10) == 0
+    assert seen.read_text().split() == [str(fake), "-m", "interlock.services.router", "--flag"]
+    assert MeshConfig().python == ""  # the default: the harness's own interpreter
+
+
 def test_probe_round_gives_latency_and_cpu_per_answered_call() -> None:
     from bench.load import RunResult
     from bench.probe import round_figures
