@@ -4,10 +4,11 @@ Starts nginx (the same fixed upstream as `make bench`) and, in its own process o
 proxy that does nothing but forward: httptools parses the request, the router's HTTP/1.1
 client (`http_pool.HttpPool`) sends it to nginx on a kept-alive connection, and the answer
 goes back in one write. No auth, limits, budgets, JSON, spans or usage events. A second
-proxy does the same behind the HTTP server the router's facade runs on (uvicorn's httptools
-protocol as `interlock._http` configures it, a bare ASGI app): the difference between the two
-is what the ASGI server layer costs. Then, at each rate, vegeta drives nginx directly and
-through both proxies in alternating rounds, and the report gives the added latency
+proxy does the same behind the HTTP server the router's facade runs on (`interlock._http`,
+a bare ASGI app): the difference between the two is what the ASGI server layer costs. A third
+runs the same ASGI app on uvicorn's httptools server (what the facade ran on before
+`interlock._http` served it itself). Then, at each rate, vegeta drives nginx directly and
+through every proxy in alternating rounds, and the report gives the added latency
 percentiles as `make bench` does (a path's percentile minus the direct path's).
 
     python -m bench.floor                          # 100 and 1,000 calls/s, 3 rounds of 10 s
@@ -37,6 +38,8 @@ from .stats import percentile
 from .tools import find_tools
 
 _PATH = "/unary/v1/chat/completions"
+_PROXIES = {"floor": "", "floor_asgi": "_asgi", "floor_uvicorn": "_uvicorn"}
+"""Each proxy path and the suffix of its `added*` figures in the results."""
 
 
 def _serve(port: int, upstream_url: str) -> None:
@@ -92,8 +95,10 @@ def _serve(port: int, upstream_url: str) -> None:
     uvloop.run(main())
 
 
-def _serve_asgi(port: int, upstream_url: str) -> None:
-    """The same forwarding behind the facade's HTTP server: a bare ASGI app (runs until killed)."""
+def _serve_asgi(port: int, upstream_url: str, server: str = "interlock") -> None:
+    """The same forwarding as a bare ASGI app behind the facade's HTTP server (`interlock`) or
+    uvicorn's httptools server (`uvicorn`); runs until killed."""
+    import uvicorn
     import uvloop
 
     from interlock._http import EmbeddedHttpServer
@@ -120,8 +125,17 @@ def _serve_asgi(port: int, upstream_url: str) -> None:
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             await send({"type": "http.response.body", "body": answer})
 
-        await EmbeddedHttpServer(app, port=port).start()
-        await asyncio.Event().wait()
+        if server == "interlock":
+            await EmbeddedHttpServer(app, port=port).start()
+            await asyncio.Event().wait()
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        config = uvicorn.Config(
+            app, http="httptools", lifespan="off", log_config=None, access_log=False, proxy_headers=False
+        )
+        await uvicorn.Server(config).serve(sockets=[sock])
 
     uvloop.run(main())
 
@@ -150,21 +164,30 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="interlock-bench-floor-"))
     upstream = NginxUpstream(work / "nginx", tools.nginx).start()
     spawn = multiprocessing.get_context("spawn")
-    port, asgi_port = free_port(), free_port()
-    proxy = spawn.Process(target=_serve, args=(port, upstream.url), daemon=True)
-    asgi = spawn.Process(target=_serve_asgi, args=(asgi_port, upstream.url), daemon=True)
-    proxy.start()
-    asgi.start()
+    ports = {name: free_port() for name in _PROXIES}
+    proxies = {
+        "floor": spawn.Process(target=_serve, args=(ports["floor"], upstream.url), daemon=True),
+        "floor_asgi": spawn.Process(
+            target=_serve_asgi, args=(ports["floor_asgi"], upstream.url, "interlock"), daemon=True
+        ),
+        "floor_uvicorn": spawn.Process(
+            target=_serve_asgi, args=(ports["floor_uvicorn"], upstream.url, "uvicorn"), daemon=True
+        ),
+    }
+    for process in proxies.values():
+        process.start()
     rows = []
     try:
-        _wait_listening(port, proxy)
-        _wait_listening(asgi_port, asgi)
+        for name, process in proxies.items():
+            _wait_listening(ports[name], process)
         direct = Endpoint("direct", "upstream", False, "", url=f"{upstream.url}{_PATH}", model="gpt-4o-mini")
-        floor = Endpoint("floor", "floor", False, "direct", url=f"http://127.0.0.1:{port}/", model="gpt-4o-mini")
-        floor_asgi = Endpoint(
-            "floor_asgi", "floor", False, "direct", url=f"http://127.0.0.1:{asgi_port}/", model="gpt-4o-mini"
+        paths = (
+            direct,
+            *(
+                Endpoint(name, "floor", False, "direct", url=f"http://127.0.0.1:{ports[name]}/", model="gpt-4o-mini")
+                for name in _PROXIES
+            ),
         )
-        paths = (direct, floor, floor_asgi)
         for endpoint in paths:
             run_vegeta(tools, endpoint, 50, 2, work)  # warm connections on every path
         for rate in rates:
@@ -180,17 +203,14 @@ def main(argv: list[str] | None = None) -> int:
             row: dict[str, float] = {"rate": rate} | {f"errors_{name}": n for name, n in errors.items()}
             for p in (50, 90, 99):
                 d = percentile(latencies["direct"], p)
-                f, a = percentile(latencies["floor"], p), percentile(latencies["floor_asgi"], p)
-                row |= {
-                    f"direct_p{p}_ms": round(d, 3),
-                    f"floor_p{p}_ms": round(f, 3),
-                    f"added_p{p}_ms": round(f - d, 3),
-                    f"floor_asgi_p{p}_ms": round(a, 3),
-                    f"added_asgi_p{p}_ms": round(a - d, 3),
-                }
+                row[f"direct_p{p}_ms"] = round(d, 3)
+                for name, suffix in _PROXIES.items():
+                    through = percentile(latencies[name], p)
+                    row[f"{name}_p{p}_ms"] = round(through, 3)
+                    row[f"added{suffix}_p{p}_ms"] = round(through - d, 3)
             rows.append(row)
     finally:
-        for process in (proxy, asgi):
+        for process in proxies.values():
             process.kill()
             process.join(5)
         upstream.stop()
@@ -199,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             "| rate | direct p50 / p99 ms | added p50 / p90 / p99 ms: httptools proxy "
-            "| added p50 / p90 / p99 ms: behind the facade's ASGI server | errors |"
+            "| behind the facade's HTTP server | behind uvicorn | errors |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for r in rows:
+            added = " | ".join(
+                f"{r[f'added{s}_p50_ms']:.2f} / {r[f'added{s}_p90_ms']:.2f} / {r[f'added{s}_p99_ms']:.2f}"
+                for s in _PROXIES.values()
+            )
             print(
-                f"| {r['rate']:,.0f}/s | {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} "
-                f"| {r['added_p50_ms']:.2f} / {r['added_p90_ms']:.2f} / {r['added_p99_ms']:.2f} "
-                f"| {r['added_asgi_p50_ms']:.2f} / {r['added_asgi_p90_ms']:.2f} / {r['added_asgi_p99_ms']:.2f} "
+                f"| {r['rate']:,.0f}/s | {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} | {added} "
                 f"| {sum(n for k, n in r.items() if k.startswith('errors_')):.0f} |"
             )
     return 0
