@@ -65,10 +65,8 @@ class TraceIngestSettings:
     ClickHouse engine milliseconds of CPU, whatever its size)."""
     span_batch_size: int = 1000
     """Spans written with one INSERT; a full batch is written at once."""
-    span_flush_interval_s: float = 1.0
-    """Longest a span waits in the buffer before it is written: spans that arrive meanwhile
-    share one INSERT (about one a second, as for usage events; each costs the embedded engine
-    milliseconds of CPU whatever its size). A full batch (`span_batch_size`) goes at once."""
+    span_flush_interval_s: float = 0.2
+    """Longest a span waits in the buffer before it is written."""
     span_buffer_limit: int = 100_000
     """Spans held while ClickHouse is down; beyond it Export answers UNAVAILABLE so exporters retry."""
     retry_initial_s: float = 0.2

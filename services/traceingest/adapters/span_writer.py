@@ -33,7 +33,7 @@ class SpanWriter:
         store: TraceStore,
         *,
         batch_size: int = 1000,
-        flush_interval_s: float = 1.0,
+        flush_interval_s: float = 0.2,
         buffer_limit: int = 100_000,
         backoff: Backoff = DEFAULT_BACKOFF,
         stop_flush_timeout_s: float = 5.0,
