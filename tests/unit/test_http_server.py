@@ -67,6 +67,18 @@ def strip_date(data: bytes) -> bytes:
     return b"\r\n".join(lines) + sep + body
 
 
+def serve_once(request: bytes, app: App | None = None) -> RecordingTransport:
+    """Feed `request` to a fresh connection of `app` (default: json_app()), run it to the end."""
+
+    async def scenario() -> RecordingTransport:
+        server, conn, transport = connect(app or json_app())
+        conn.data_received(request)
+        await settle(server)
+        return transport
+
+    return asyncio.run(scenario())
+
+
 def json_app(body: bytes = b'{"ok":true}', seen: list[MutableMapping[str, Any]] | None = None) -> App:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -107,13 +119,7 @@ def test_a_request_reaches_the_app_as_an_asgi_scope_with_its_whole_body() -> Non
 
 
 def test_a_head_and_its_body_leave_in_one_write_with_a_date() -> None:
-    async def scenario() -> RecordingTransport:
-        server, conn, transport = connect(json_app())
-        conn.data_received(POST)
-        await settle(server)
-        return transport
-
-    transport = asyncio.run(scenario())
+    transport = serve_once(POST)
     assert len(transport.sends) == 1
     assert transport.sends[0].startswith(b"HTTP/1.1 200 OK\r\ndate: ")
     assert strip_date(transport.sends[0]) == (
@@ -246,30 +252,18 @@ def test_a_client_gone_mid_request_is_an_http_disconnect() -> None:
 
 
 def test_head_http10_and_connection_close() -> None:
-    async def scenario(request: bytes) -> RecordingTransport:
-        server, conn, transport = connect(json_app())
-        conn.data_received(request)
-        await settle(server)
-        return transport
-
-    head = asyncio.run(scenario(b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+    head = serve_once(b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n")
     assert strip_date(head.sends[0]).endswith(b"content-length: 11\r\n\r\n")  # no body after a HEAD
-    old = asyncio.run(scenario(b"GET /x HTTP/1.0\r\n\r\n"))
+    old = serve_once(b"GET /x HTTP/1.0\r\n\r\n")
     assert b"\r\nconnection: close\r\n" in old.sends[0] and old.closed
-    close = asyncio.run(scenario(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+    close = serve_once(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert close.closed
 
 
 def test_bad_requests_get_400_or_431_and_the_connection_closes() -> None:
-    async def scenario(request: bytes) -> RecordingTransport:
-        server, conn, transport = connect(json_app())
-        conn.data_received(request)
-        await settle(server)
-        return transport
-
-    garbage = asyncio.run(scenario(b"NOT HTTP AT ALL\r\n\r\n"))
+    garbage = serve_once(b"NOT HTTP AT ALL\r\n\r\n")
     assert garbage.sends[0].startswith(b"HTTP/1.1 400 Bad Request\r\n") and garbage.closed
-    huge = asyncio.run(scenario(b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"))
+    huge = serve_once(b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
     assert huge.sends[0].startswith(b"HTTP/1.1 431 ") and huge.closed
 
 
@@ -280,14 +274,8 @@ def test_an_app_error_is_a_500_and_a_bad_header_never_reaches_the_wire() -> None
     async def injects(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-id", b"a\r\nset-cookie: b")]})
 
-    async def scenario(app: App) -> RecordingTransport:
-        server, conn, transport = connect(app)
-        conn.data_received(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
-        await settle(server)
-        return transport
-
     for app in (broken, injects):
-        transport = asyncio.run(scenario(app))
+        transport = serve_once(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", app)
         assert len(transport.sends) == 1 and transport.closed
         assert strip_date(transport.sends[0]).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
         assert b"set-cookie" not in transport.sends[0]
