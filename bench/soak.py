@@ -182,10 +182,11 @@ def render_section(results: dict[str, Any], plot: Path, docs: Path) -> str:
 The mesh as in `make bench` (every check on, nginx upstream), driven open-loop at
 {results["rate"]:g} req/s for {results["minutes"]:g} minutes, alternating {", ".join(results["paths"])} in
 {len(chunks)} back-to-back chunks; RSS sampled every few seconds (`bench/soak.py`).
-Interlock commit {v["interlock_commit"]}, {m["cores"]} shared cores ({m["cpu"]}), run {results["started"]}.
+Interlock commit {v["interlock_commit"]}, {m["cores"]} shared cores ({m["cpu"]}), run {results["started"]},
+Python {v["python"]} ({v.get("python_build", "build not recorded")}).
 
 ```console
-$ .venv/bin/{results["command"]}
+$ .venv-bench/bin/{results["command"]}
 ```
 
 (`make soak MINUTES=30` runs `bash bench/deps.sh`, then `python -m bench.soak --minutes 30`.)
