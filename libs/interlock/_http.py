@@ -279,9 +279,9 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, b"Protocol upgrades are not supported.")
-        except httptools.HttpParserError as exc:
-            # An exception raised in a callback reaches here wrapped by the parser.
-            if isinstance(exc.__context__, _HeadTooLarge):
+        except httptools.HttpParserError:
+            # _HeadTooLarge, raised in a callback to stop the parser, reaches here wrapped.
+            if self.head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, b"Request header fields too large.")
             else:
                 self._refuse(400, b"Invalid HTTP request.")
