@@ -217,6 +217,24 @@ def test_a_body_in_pieces_is_handed_over_as_it_comes_and_a_big_one_pauses_readin
     assert strip_date(transport.sends[0]) == b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
+def test_a_chunked_request_body_reaches_the_app_decoded() -> None:
+    got: list[MutableMapping[str, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            got.append(await receive())
+            if not got[-1]["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = serve_once(
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", app
+    )
+    assert b"".join(m["body"] for m in got) == b"hello world"
+    assert transport.sends[0].startswith(b"HTTP/1.1 200 OK\r\n") and not transport.closed
+
+
 def test_expect_100_continue_is_answered_when_the_app_asks_for_the_body() -> None:
     async def scenario() -> RecordingTransport:
         server, conn, transport = connect(json_app())
