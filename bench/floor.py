@@ -98,7 +98,6 @@ def _serve(port: int, upstream_url: str) -> None:
 def _serve_asgi(port: int, upstream_url: str, server: str = "interlock") -> None:
     """The same forwarding as a bare ASGI app behind the facade's HTTP server (`interlock`) or
     uvicorn's httptools server (`uvicorn`); runs until killed."""
-    import uvicorn
     import uvloop
 
     from interlock._http import EmbeddedHttpServer
@@ -129,6 +128,8 @@ def _serve_asgi(port: int, upstream_url: str, server: str = "interlock") -> None
             await EmbeddedHttpServer(app, port=port).start()
             await asyncio.Event().wait()
             return
+        import uvicorn  # a dev dependency: only this comparison uses it
+
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
