@@ -379,6 +379,7 @@ def test_a_batch_of_commits_settles_exactly_as_the_same_commits_one_by_one(tmp_p
             " ORDER BY scope, window_start, threshold_pct",
             "ledger": "SELECT request_id, cost_nanos, committed_at FROM ledger ORDER BY request_id",
             "reservations": "SELECT request_id, state FROM reservations ORDER BY request_id",
+            "outbox": "SELECT request_id, headers FROM outbox ORDER BY seq",
         }
         out = {}
         for name, query in queries.items():

@@ -34,6 +34,7 @@ from interlock.services.budget.domain.model import (
     decide_reservation,
     lease_growth,
     new_api_key,
+    scope_keys,
     scopes_of,
     secret_matches,
 )
@@ -111,6 +112,39 @@ class Tx(Protocol):
     def all(self, sql: str, *params: object) -> list[Row]: ...
 
     def run(self, sql: str, *params: object) -> None: ...
+
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """`run` once per row, the statement prepared once."""
+        ...
+
+
+_INSERT_USAGE = (
+    "INSERT INTO ledger (request_id, org, project, developer, api_key_id, provider, model, input_tokens,"
+    " output_tokens, cost_nanos, committed_at, trace_id, run_id, agent, details)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_OUTBOX = "INSERT INTO outbox (request_id, headers) VALUES (?, ?)"
+
+
+def _usage_row(usage: SettledUsage, payer: Principal) -> tuple[object, ...]:
+    """The `ledger` row of a settled call (`_INSERT_USAGE`'s parameters)."""
+    return (
+        usage.request_id,
+        payer.org,
+        payer.project,
+        payer.developer,
+        payer.api_key_id,
+        usage.provider,
+        usage.model,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cost_nanos,
+        usage.committed_at,
+        usage.trace_id,
+        usage.run_id,
+        usage.agent,
+        json.dumps(usage.details, sort_keys=True),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +299,7 @@ class BudgetLedger:
     def reserve(
         self, request_id: str, principal: Principal, amount_nanos: int, ttl_s: float, now: float
     ) -> ReservationDecision:
-        keys = [s.key for s in scopes_of(principal)]
+        keys = list(scope_keys(principal))
         with self._tx() as tx:
             self._lock_scopes(tx, keys)
             existing = tx.one("SELECT state FROM reservations WHERE request_id = ?", request_id)
@@ -305,22 +339,33 @@ class BudgetLedger:
 
         The calls are settled in order, with the same outcome (spend, windows, leases, alerts)
         as one by one, but each scope's spend and window and each lease is read and written
-        once per batch rather than once per call.
+        once per batch rather than once per call, the calls under leases are claimed in one
+        statement, and the usage rows are written in two (ledger, outbox).
 
         Lock order, here as everywhere: reservation rows, then scope rows (sorted), then lease rows."""
         with self._tx() as tx:
+            claimed = self._claim_lease_commits(tx, items)
+            encoded: dict[int, str] = {}  # one encoding per headers list (a batch's commits share one)
             plans: list[tuple[SettledUsage, str, str, Principal, int | None] | None] = []
             for usage, headers, lease_id in items:
-                claim = self._claim_commit(tx, usage, lease_id)
-                plans.append(None if claim is None else (usage, json.dumps(list(headers)), lease_id, *claim))
-            keys_all = sorted({s.key for p in plans if p is not None for s in scopes_of(p[3])})
+                claim = claimed.pop(usage.request_id, None) if lease_id else self._claim_commit(tx, usage)
+                if claim is None:
+                    plans.append(None)
+                    continue
+                headers_json = encoded.get(id(headers))
+                if headers_json is None:
+                    headers_json = encoded[id(headers)] = json.dumps(list(headers))
+                plans.append((usage, headers_json, lease_id, *claim))
+            keys_all = sorted({key for p in plans if p is not None for key in scope_keys(p[3])})
             self._lock_scopes(tx, keys_all)
             batch = _Settlement(self, tx, keys_all)
+            usage_rows: list[tuple[object, ...]] = []
+            outbox_rows: list[tuple[str, str]] = []
             for plan in plans:
                 if plan is None:
                     continue
                 usage, headers_json, lease_id, principal, held = plan
-                keys = [s.key for s in scopes_of(principal)]
+                keys = list(scope_keys(principal))
                 self._count_and_alert(tx, batch, keys, usage, headers_json)
                 if lease_id:
                     held = batch.consume_lease(lease_id, usage.cost_nanos)
@@ -328,28 +373,54 @@ class BudgetLedger:
                     tx.run("UPDATE reservations SET state = 'committed' WHERE request_id = ?", usage.request_id)
                 # An expired reservation or lease no longer holds money, but the call did happen: record it.
                 batch.add_spend(keys, usage.cost_nanos, -(held or 0))
-                self._record_usage(tx, usage, principal, headers_json)
+                usage_rows.append(_usage_row(usage, principal))
+                outbox_rows.append((usage.request_id, headers_json))
+            if usage_rows:
+                tx.many(_INSERT_USAGE, usage_rows)
+                tx.many(_INSERT_OUTBOX, outbox_rows)
             batch.write()
             return [plan is not None for plan in plans]
 
-    def _claim_commit(self, tx: Tx, usage: SettledUsage, lease_id: str) -> tuple[Principal, int | None] | None:
-        """(payer, nanos its reservation holds) of a call to settle; None when already committed."""
-        if lease_id:
-            owner = tx.one("SELECT org, project, developer, api_key_id FROM leases WHERE lease_id = ?", lease_id)
+    def _claim_lease_commits(
+        self, tx: Tx, items: Sequence[tuple[SettledUsage, Sequence[tuple[str, str]], str]]
+    ) -> dict[str, tuple[Principal, None]]:
+        """Claim, in one statement, the calls of a batch settled under leases: request id ->
+        (payer, None) for each claimed here, absent when already committed (a replay) or
+        repeated earlier in the batch. The call's row in `reservations` is what makes a
+        replayed commit a no-op."""
+        first: dict[str, tuple[SettledUsage, str]] = {}
+        for usage, _, lease_id in items:
+            if lease_id and usage.request_id not in first:
+                first[usage.request_id] = (usage, lease_id)
+        if not first:
+            return {}
+        lease_ids = sorted({lease_id for _, lease_id in first.values()})
+        owners = {
+            row[0]: tuple(row[1:])
+            for row in tx.all(
+                "SELECT lease_id, org, project, developer, api_key_id FROM leases WHERE lease_id IN ("
+                + ", ".join("?" * len(lease_ids))
+                + ")",
+                *lease_ids,
+            )
+        }
+        params: list[object] = []
+        for usage, lease_id in first.values():
+            owner = owners.get(lease_id)
             if owner is None:
                 raise NotFoundError(f"lease {lease_id} does not exist", field="lease_id")
-            # The call's row in `reservations` is what makes a replayed commit a no-op.
-            claimed = tx.one(
-                "INSERT INTO reservations (request_id, org, project, developer, api_key_id, amount_nanos, state,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, 'committed', ?, ?)"
-                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                usage.request_id,
-                *owner,
-                usage.cost_nanos,
-                usage.committed_at,
-                usage.committed_at,
-            )
-            return None if claimed is None else (Principal(*owner), None)
+            params += (usage.request_id, *owner, usage.cost_nanos, usage.committed_at, usage.committed_at)
+        rows = tx.all(
+            "INSERT INTO reservations (request_id, org, project, developer, api_key_id, amount_nanos, state,"
+            " created_at, expires_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, 'committed', ?, ?)"] * len(first))
+            + " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            *params,
+        )
+        return {row[0]: (Principal(*owners[first[row[0]][1]]), None) for row in rows}
+
+    def _claim_commit(self, tx: Tx, usage: SettledUsage) -> tuple[Principal, int | None] | None:
+        """(payer, nanos its reservation holds) of a call reserved exactly; None when already committed."""
         row = tx.one(
             "SELECT state, amount_nanos, org, project, developer, api_key_id FROM reservations"
             " WHERE request_id = ?" + self.lock_row_suffix,
@@ -363,29 +434,6 @@ class BudgetLedger:
         if state == "released":
             raise FailedPreconditionError(f"request {usage.request_id} was released", field="request_id")
         return Principal(org, project, developer, api_key_id), int(amount) if state == "held" else None
-
-    def _record_usage(self, tx: Tx, usage: SettledUsage, payer: Principal, headers_json: str) -> None:
-        tx.run(
-            "INSERT INTO ledger (request_id, org, project, developer, api_key_id, provider, model, input_tokens,"
-            " output_tokens, cost_nanos, committed_at, trace_id, run_id, agent, details)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            usage.request_id,
-            payer.org,
-            payer.project,
-            payer.developer,
-            payer.api_key_id,
-            usage.provider,
-            usage.model,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cost_nanos,
-            usage.committed_at,
-            usage.trace_id,
-            usage.run_id,
-            usage.agent,
-            json.dumps(usage.details, sort_keys=True),
-        )
-        tx.run("INSERT INTO outbox (request_id, headers) VALUES (?, ?)", usage.request_id, headers_json)
 
     # Leases
 
@@ -404,7 +452,7 @@ class BudgetLedger:
         What a lease holds (granted minus consumed) counts as reserved spend of each scope, so
         a lease only grows into room that no reservation or other lease holds: the total
         leased never exceeds what remains. Idempotent by (lease_id, seq)."""
-        keys = [s.key for s in scopes_of(principal)]
+        keys = list(scope_keys(principal))
         with self._tx() as tx:
             owner = tx.one("SELECT org, project, developer, api_key_id FROM leases WHERE lease_id = ?", lease_id)
             if owner is not None and Principal(*owner) != principal:
@@ -740,7 +788,7 @@ class _Settlement:
                 + self._ledger.lock_row_suffix,
                 lease_id,
             )
-            assert row is not None  # checked by _claim_commit in this transaction
+            assert row is not None  # checked by _claim_lease_commits in this transaction
             lease = self._leases[lease_id] = [int(row[0]), int(row[1]), row[2]]
         granted, consumed, state = lease
         lease[1] = consumed + cost_nanos

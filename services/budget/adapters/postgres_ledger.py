@@ -37,6 +37,10 @@ class _PostgresTx:
     def run(self, sql: str, *params: object) -> None:
         self._conn.execute(sql.replace("?", "%s"), params)
 
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
 
 class PostgresLedger(BudgetLedger):
     lock_row_suffix = " FOR UPDATE"

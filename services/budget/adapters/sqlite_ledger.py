@@ -43,6 +43,9 @@ class _SqliteTx:
     def run(self, sql: str, *params: object) -> None:
         self._db.execute(sql, params)
 
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        self._db.executemany(sql, rows)
+
 
 class SqliteLedger(BudgetLedger):
     def __init__(self, path: Path) -> None:

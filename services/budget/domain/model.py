@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from interlock.errors import InvalidArgumentError
 from interlock.services.budget.domain.window import NO_WINDOW, Window, WindowSpan
@@ -76,6 +77,12 @@ def scopes_of(principal: Principal) -> list[Scope]:
             Scope(ScopeKind.API_KEY, principal.org, principal.project, principal.developer, principal.api_key_id)
         )
     return scopes
+
+
+@lru_cache(maxsize=4096)
+def scope_keys(principal: Principal) -> tuple[str, ...]:
+    """The storage keys of `scopes_of(principal)`, widest first; cached (the ledger asks per call)."""
+    return tuple(s.key for s in scopes_of(principal))
 
 
 @dataclass(frozen=True, slots=True)
