@@ -5,13 +5,14 @@ idle leases."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from interlock.budget.v1 import budget_pb2
 from interlock.services.budget.adapters.sqlite_ledger import SqliteLedger
 from interlock.services.budget.domain.model import BudgetPolicy, LeaseChange, Principal, Scope, ScopeKind
 from interlock.services.budget.domain.usage import SettledUsage
-from interlock.services.router.adapters.budget_leases import CommitBatcher, LeaseBook, LeasePolicy
+from interlock.services.router.adapters.budget_leases import CommitBatcher, CommitOutcome, LeaseBook, LeasePolicy
 from interlock.services.router.domain.flow import Caller
 
 CALLER = Caller("acme", "search", "alice", "k1")
@@ -159,3 +160,58 @@ def test_a_full_batch_goes_out_without_lingering() -> None:
         return sends.batches
 
     assert asyncio.run(scenario()) == [["a", "b"]]
+
+
+def test_submitted_commits_share_a_batch_and_a_failing_handler_spares_the_others() -> None:
+    async def scenario() -> tuple[list[list[str]], list[str]]:
+        sends = HeldSends()
+        sends.release.set()
+        batcher = CommitBatcher(sends, linger_s=0.01)
+        outcomes: list[str] = []
+        done = asyncio.Event()
+
+        def handler(request_id: str) -> Callable[[CommitOutcome], None]:
+            def on_outcome(outcome: CommitOutcome) -> None:
+                if request_id == "b":
+                    raise RuntimeError("handler bug")
+                outcomes.append(f"{request_id}:{'error' if isinstance(outcome, Exception) else 'ok'}")
+                if len(outcomes) == 2:
+                    done.set()
+
+            return on_outcome
+
+        for request_id in "abc":
+            batcher.submit(budget_pb2.CommitRequest(request_id=request_id), handler(request_id))
+        await asyncio.wait_for(done.wait(), timeout=10)
+        return sends.batches, outcomes
+
+    batches, outcomes = asyncio.run(scenario())
+    assert batches == [["a", "b", "c"]]
+    assert outcomes == ["a:ok", "c:ok"]
+
+
+def test_a_failed_batch_reports_each_submitted_commit_its_own_outcome() -> None:
+    async def send(requests: list[budget_pb2.CommitRequest]) -> list[budget_pb2.CommitResponse]:
+        if any(r.request_id == "bad" for r in requests):
+            raise RuntimeError("refused")
+        return [budget_pb2.CommitResponse(first_commit=True) for _ in requests]
+
+    async def scenario() -> dict[str, str]:
+        batcher = CommitBatcher(send, linger_s=0.01)
+        outcomes: dict[str, str] = {}
+        done = asyncio.Event()
+
+        def record(request_id: str) -> Callable[[CommitOutcome], None]:
+            def on_outcome(outcome: CommitOutcome) -> None:
+                outcomes[request_id] = str(outcome) if isinstance(outcome, Exception) else "landed"
+                if len(outcomes) == 3:
+                    done.set()
+
+            return on_outcome
+
+        for request_id in ("a", "bad", "c"):
+            batcher.submit(budget_pb2.CommitRequest(request_id=request_id), record(request_id))
+        await asyncio.wait_for(done.wait(), timeout=10)
+        return outcomes
+
+    assert asyncio.run(scenario()) == {"a": "landed", "bad": "refused", "c": "landed"}

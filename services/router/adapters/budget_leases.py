@@ -236,12 +236,19 @@ class LeaseBook:
         self._leases.clear()
 
 
+CommitOutcome = budget_pb2.CommitResponse | Exception
+"""What a queued commit comes to: the service's answer, or why it did not land."""
+
+
 class CommitBatcher:
     """Sends commits as they come, batching those that queue while a batch is in flight.
 
     One call alone goes out at once (no added latency); under load, many commits share one
     round trip and one ledger transaction. With a linger (commits nobody waits for), every
     batch short of `max_batch` waits that long for company first.
+
+    A commit is queued either awaited (`commit`) or with a callback (`submit`): the second
+    costs no task or future per commit, for the commits a router sends after the answers.
     """
 
     def __init__(
@@ -255,15 +262,30 @@ class CommitBatcher:
         self._send = send
         self._max = max_batch
         self._linger_s = linger_s
-        self._queue: list[tuple[budget_pb2.CommitRequest, asyncio.Future[budget_pb2.CommitResponse]]] = []
+        self._queue: list[
+            tuple[budget_pb2.CommitRequest, asyncio.Future[budget_pb2.CommitResponse] | Callable[[CommitOutcome], None]]
+        ] = []
         self._sender: asyncio.Task[None] | None = None
 
     async def commit(self, request: budget_pb2.CommitRequest) -> budget_pb2.CommitResponse:
         future: asyncio.Future[budget_pb2.CommitResponse] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
+        self._start()
+        return await future
+
+    def submit(self, request: budget_pb2.CommitRequest, on_outcome: Callable[[CommitOutcome], None]) -> None:
+        """Queue `request`; `on_outcome` gets its response or its error, from the event loop."""
+        self._queue.append((request, on_outcome))
+        self._start()
+
+    def _start(self) -> None:
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._drain())
-        return await future
+
+    def cancel(self) -> None:
+        """Stop sending (a router stopping after its grace); what is queued stays unsent."""
+        if self._sender is not None:
+            self._sender.cancel()
 
     async def _drain(self) -> None:
         while self._queue:
@@ -275,27 +297,33 @@ class CommitBatcher:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             try:
                 results = await self._send([r for r, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - each waiting caller gets its own outcome
+            except Exception as exc:  # noqa: BLE001 - each commit gets its own outcome
                 if len(batch) == 1:
                     self._resolve(batch[0][1], exc)
                     continue
                 # One bad commit fails its batch: settle the rest one by one.
-                for request, future in batch:
+                for request, sink in batch:
                     try:
-                        self._resolve(future, (await self._send([request]))[0])
+                        self._resolve(sink, (await self._send([request]))[0])
                     except Exception as one_exc:  # noqa: BLE001
-                        self._resolve(future, one_exc)
+                        self._resolve(sink, one_exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                self._resolve(future, result)
+            for (_, sink), result in zip(batch, results, strict=True):
+                self._resolve(sink, result)
 
     @staticmethod
     def _resolve(
-        future: asyncio.Future[budget_pb2.CommitResponse], outcome: budget_pb2.CommitResponse | Exception
+        sink: asyncio.Future[budget_pb2.CommitResponse] | Callable[[CommitOutcome], None], outcome: CommitOutcome
     ) -> None:
-        if future.done():
+        if not isinstance(sink, asyncio.Future):
+            try:
+                sink(outcome)
+            except Exception:  # one callback's bug must not stop the others' commits
+                log.exception("commit outcome handler failed")
+            return
+        if sink.done():
             return
         if isinstance(outcome, Exception):
-            future.set_exception(outcome)
+            sink.set_exception(outcome)
         else:
-            future.set_result(outcome)
+            sink.set_result(outcome)

@@ -24,7 +24,7 @@ from interlock._rpc_tracing import traced_call
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
-from interlock.services.router.adapters.budget_leases import CommitBatcher, LeaseBook, LeasePolicy
+from interlock.services.router.adapters.budget_leases import CommitBatcher, CommitOutcome, LeaseBook, LeasePolicy
 from interlock.services.router.adapters.hit_leases import HitLeaseBook, LeaseAsk
 from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
 from interlock.services.router.domain.chat import ChatCall, tools_token_bound
@@ -488,6 +488,31 @@ class RateLimitClient:
         await self._channel.close()
 
 
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""Commit failures worth retrying: the commit may not have reached the ledger (it is idempotent)."""
+
+
+@dataclass(slots=True)
+class _Answered:
+    """A call answered, its commit not yet built: what `commit_now` keeps off the answer's path."""
+
+    call: ChatCall
+    provider: str
+    usage: TokenUsage
+    cost_nanos: int
+    provider_attempts: int
+    latency_ms: int
+
+
+@dataclass(slots=True)
+class _Sending:
+    """A commit sent after its answer, retried (backoff from 50 ms, at most 2 s) until `deadline`."""
+
+    request: budget_pb2.CommitRequest
+    deadline: float
+    delay: float = 0.05
+
+
 class BudgetClient:
     """Keys, reservations and commits on the budget service; with a lease policy, most calls
     reserve against a budget lease in memory and commits travel in batches."""
@@ -512,11 +537,15 @@ class BudgetClient:
         self._commits = CommitBatcher(
             self._commit_batch_rpc, linger_s=background_commit_linger_s if commit_after_answer else 0.0
         )
-        # With commit_after_answer, `commit` returns once the commit is queued; a task per
-        # commit sends it (batched) and retries until it lands or `background_commit_s` passes.
+        # With commit_after_answer, `commit` returns at once: the call joins `_answered`,
+        # settled and queued in one callback after the answer's write, then sent (batched) and
+        # retried until it lands or `background_commit_s` passes. No task per commit.
         self._commit_after_answer = commit_after_answer
         self._background_commit_s = background_commit_s
-        self._pending_commits: set[asyncio.Task[None]] = set()
+        self._answered: list[_Answered] = []
+        self._unsettled = 0  # commits answered and not yet landed or given up
+        self._all_settled = asyncio.Event()
+        self._all_settled.set()
         self.commits_lost = 0
         """Commits given up after retrying (their reservations expire); logged as errors."""
 
@@ -631,13 +660,14 @@ class BudgetClient:
         (`commit_after_answer`); else the send (with retries) for the caller to await."""
         latency_ms = round((time.monotonic() - call.started_at) * 1000) if call.started_at else 0
         if self._commit_after_answer:
-            # The task builds and sends the commit; its first step runs after this one, which
-            # writes the caller's answer. Until it settles, the lease holds the worst case.
-            task = asyncio.get_running_loop().create_task(
-                self._commit_in_background(call, provider, usage, cost_nanos, provider_attempts, latency_ms)
-            )
-            self._pending_commits.add(task)
-            task.add_done_callback(self._pending_commits.discard)
+            # Settled and queued by a callback that runs after this step, which writes the
+            # caller's answer; the calls answered in one turn of the loop share it. Until the
+            # commit lands, the lease holds the call's worst case.
+            self._answered.append(_Answered(call, provider, usage, cost_nanos, provider_attempts, latency_ms))
+            self._unsettled += 1
+            self._all_settled.clear()
+            if len(self._answered) == 1:
+                asyncio.get_running_loop().call_soon(self._queue_answered)
             return None
         lease_id = self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else ""
         return self._commit_waited(
@@ -680,55 +710,76 @@ class BudgetClient:
             if self.leases is not None and request.lease_id:
                 self.leases.commit_done(request.lease_id)
 
-    async def _send_commit(
-        self, request: budget_pb2.CommitRequest, *, max_attempts: int = 0, retry_until: float = 0.0
-    ) -> None:
-        """Send one commit, retrying transient failures (backoff from 50 ms, at most 2 s) for
-        `max_attempts` attempts or until `retry_until` (monotonic); idempotent by request id."""
+    async def _send_commit(self, request: budget_pb2.CommitRequest, *, max_attempts: int) -> None:
+        """Send one commit, retrying transient failures (backoff from 50 ms) for `max_attempts`
+        attempts; idempotent by request id."""
         delay = 0.05
-        attempt = 0
-        while True:
-            attempt += 1
+        for attempt in range(1, max_attempts + 1):
             try:
                 await self._commits.commit(request)
                 return
             except grpc.RpcError as exc:
-                code = exc.code()
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise _error(exc, "budget") from None
-                if (max_attempts and attempt >= max_attempts) or (
-                    retry_until and time.monotonic() + delay > retry_until
-                ):
+                if exc.code() not in _TRANSIENT or attempt == max_attempts:
                     raise _error(exc, "budget") from None
                 log.warning("budget commit failed; retrying", extra={"fields": {"request_id": request.request_id}})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _commit_in_background(
-        self, call: ChatCall, provider: str, usage: TokenUsage, cost_nanos: int, provider_attempts: int, latency_ms: int
-    ) -> None:
-        lease_id = ""
-        try:
-            lease_id = self.leases.settle(call.request_id, cost_nanos) if self.leases is not None else ""
-            request = self._commit_request(call, provider, usage, cost_nanos, provider_attempts, latency_ms, lease_id)
-            await self._send_commit(request, retry_until=time.monotonic() + self._background_commit_s)
-        except Exception as exc:  # noqa: BLE001 - nobody awaits this task: log, count, go on
-            # The caller has its answer; the reservation (or lease hold) expires on its own.
-            self.commits_lost += 1
-            log.error(
-                "budget commit given up; the call's usage is not in the ledger",
-                extra={"fields": {"request_id": call.request_id, "cost_nanos": cost_nanos, "error": str(exc)}},
-            )
-        finally:
-            if self.leases is not None and lease_id:
-                self.leases.commit_done(lease_id)
+    def _queue_answered(self) -> None:
+        answered, self._answered = self._answered, []
+        deadline = time.monotonic() + self._background_commit_s
+        for a in answered:
+            lease_id = ""
+            try:
+                lease_id = self.leases.settle(a.call.request_id, a.cost_nanos) if self.leases is not None else ""
+                request = self._commit_request(
+                    a.call, a.provider, a.usage, a.cost_nanos, a.provider_attempts, a.latency_ms, lease_id
+                )
+            except Exception as exc:  # noqa: BLE001 - the others' commits go on
+                self._given_up(a.call.request_id, a.cost_nanos, lease_id, str(exc))
+                continue
+            self._send_in_background(_Sending(request, deadline))
+
+    def _send_in_background(self, sending: _Sending) -> None:
+        self._commits.submit(sending.request, lambda outcome: self._landed(sending, outcome))
+
+    def _landed(self, sending: _Sending, outcome: CommitOutcome) -> None:
+        request = sending.request
+        if not isinstance(outcome, Exception):
+            self._settled(request.lease_id)
+            return
+        if isinstance(outcome, grpc.RpcError):
+            if outcome.code() in _TRANSIENT and time.monotonic() + sending.delay <= sending.deadline:
+                log.warning("budget commit failed; retrying", extra={"fields": {"request_id": request.request_id}})
+                asyncio.get_running_loop().call_later(sending.delay, self._send_in_background, sending)
+                sending.delay = min(sending.delay * 2, 2.0)
+                return
+            outcome = _error(outcome, "budget")
+        self._given_up(request.request_id, request.cost_nanos, request.lease_id, str(outcome))
+
+    def _given_up(self, request_id: str, cost_nanos: int, lease_id: str, error: str) -> None:
+        # The caller has its answer; the reservation (or lease hold) expires on its own.
+        self.commits_lost += 1
+        log.error(
+            "budget commit given up; the call's usage is not in the ledger",
+            extra={"fields": {"request_id": request_id, "cost_nanos": cost_nanos, "error": error}},
+        )
+        self._settled(lease_id)
+
+    def _settled(self, lease_id: str) -> None:
+        if self.leases is not None and lease_id:
+            self.leases.commit_done(lease_id)
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._all_settled.set()
 
     async def flush_commits(self, timeout_s: float) -> bool:
         """Wait for the commits sent after their answers; False when some are still pending."""
-        if not self._pending_commits:
-            return True
-        _, pending = await asyncio.wait(set(self._pending_commits), timeout=timeout_s)
-        return not pending
+        try:
+            await asyncio.wait_for(self._all_settled.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def release(self, request_id: str) -> None:
         if self.leases is not None and self.leases.settle(request_id, None):
@@ -746,10 +797,9 @@ class BudgetClient:
         if not await self.flush_commits(commit_grace_s):
             log.error(
                 "router stopping with budget commits not sent",
-                extra={"fields": {"pending": len(self._pending_commits)}},
+                extra={"fields": {"pending": self._unsettled}},
             )
-            for task in set(self._pending_commits):
-                task.cancel()
+            self._commits.cancel()
         if self.leases is not None:
             await self.leases.close_all()
         await self._channel.close()
