@@ -75,7 +75,9 @@ class RouterSettings:
     """Shed new calls while the event loop stays this far behind (three 50 ms ticks in a row
     each later than this): the router is short of CPU and a queued call would only wait. 0: off."""
     auth_cache_ttl_s: float = 30.0
-    """How long a valid API key is trusted without asking the budget service again."""
+    """How long a valid API key is trusted without asking the budget service again. A key in
+    use is asked about again in the background in the last third of that time, so its calls
+    do not wait for the check; a revoked key stops working within this time."""
     otlp_endpoint: str = ""
     """OTLP/gRPC endpoint for spans; empty disables export."""
     log_level: str = "info"

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -526,12 +526,17 @@ class BudgetClient:
         commit_after_answer: bool = False,
         background_commit_s: float = 120.0,
         background_commit_linger_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock`: monotonic seconds of the key cache's TTL (a test's own clock)."""
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
         self._auth_ttl = auth_cache_ttl_s
+        self._clock = clock
         # Valid keys only, bounded; a revoked key stops working within the TTL.
         self._auth_cache: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+        self._auth_refreshing: set[str] = set()  # digests being checked again in the background
+        self._auth_tasks: set[asyncio.Task[None]] = set()
         self.leases = LeaseBook(leases, self._lease_rpc) if leases is not None and leases.slice_nanos > 0 else None
         # Commits no caller waits for linger a little, so more of them share a round trip.
         self._commits = CommitBatcher(
@@ -570,12 +575,23 @@ class BudgetClient:
         return list(response.results)
 
     async def authenticate(self, api_key: str) -> Caller:
-        now = time.monotonic()
+        now = self._clock()
         # Cache by digest so the process never keeps a table of plaintext keys.
         cache_key = hashlib.sha256(api_key.encode()).hexdigest()
         hit = self._auth_cache.get(cache_key)
         if hit is not None and hit[0] > now:
+            if now >= hit[0] - self._auth_ttl / 3 and cache_key not in self._auth_refreshing:
+                # In the last third of its life a key in use is checked again in the background,
+                # so no call of a busy key waits for the check; an idle key's entry just expires.
+                self._auth_refreshing.add(cache_key)
+                task = asyncio.get_running_loop().create_task(self._refresh_auth(api_key, cache_key))
+                self._auth_tasks.add(task)
+                task.add_done_callback(self._auth_tasks.discard)
             return hit[1]
+        return await self._check_key(api_key, cache_key)
+
+    async def _check_key(self, api_key: str, cache_key: str) -> Caller:
+        now = self._clock()
         try:
             response = await traced_call(
                 self._stub.AuthenticateApiKey,
@@ -586,6 +602,7 @@ class BudgetClient:
         except grpc.RpcError as exc:
             err = _error(exc, "budget")
             if isinstance(err, AuthenticationError):
+                self._auth_cache.pop(cache_key, None)  # revoked: stops working now, not at expiry
                 raise AuthenticationError("API key is not valid") from None
             raise err from None
         p = response.principal
@@ -595,6 +612,17 @@ class BudgetClient:
         while len(self._auth_cache) > 10_000:
             self._auth_cache.popitem(last=False)
         return caller
+
+    async def _refresh_auth(self, api_key: str, cache_key: str) -> None:
+        try:
+            await self._check_key(api_key, cache_key)
+        except InterlockError as exc:
+            # Revoked keys are out of the cache already; any other failure leaves the entry to
+            # expire, and the next call after that asks again (and waits).
+            if not isinstance(exc, AuthenticationError):
+                log.warning("API key re-check failed", extra={"fields": {"error": str(exc)}})
+        finally:
+            self._auth_refreshing.discard(cache_key)
 
     async def reserve(self, request_id: str, caller: Caller, amount_nanos: int, timeout_s: float | None) -> Reservation:
         """Hold `amount_nanos` for the call: from a budget lease in memory when it has room,
@@ -800,6 +828,8 @@ class BudgetClient:
                 extra={"fields": {"pending": self._unsettled}},
             )
             self._commits.cancel()
+        for task in self._auth_tasks:
+            task.cancel()
         if self.leases is not None:
             await self.leases.close_all()
         await self._channel.close()
