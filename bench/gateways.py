@@ -161,6 +161,10 @@ BENCH_ENV = {
     # Calls are admitted from rate-limit leases (blocks of hits granted for 1 s, asked for in
     # the background); limits stay exact, the last half of each window is decided per call.
     "INTERLOCK_ROUTER_RATELIMIT_LEASE_MS": "1000",
+    # One host for everything: the services whose work follows the answers (commits, usage
+    # and span ingest) give way to the router when both want a core.
+    "INTERLOCK_BUDGET_NICE": "10",
+    "INTERLOCK_TRACEINGEST_NICE": "10",
     # 1% of traces, as a deployment at hundreds of calls a second would sample; usage events
     # (the accounting path) are written for every call regardless.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",

@@ -232,7 +232,9 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   stay exact), reservations come from budget leases of $0.05
   (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`) and commits follow the answer
   (`INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true`, batched; the lease holds each call's worst
-  case until its commit lands); all three are off by default. Every call's usage event is
+  case until its commit lands); all three are off by default. The budget service and
+  trace-ingest run at niceness 10 (`INTERLOCK_BUDGET_NICE`, `INTERLOCK_TRACEINGEST_NICE`;
+  default 0), below the router, as on any host the services share. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
   event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.

@@ -43,6 +43,9 @@ class BudgetSettings:
     """OTLP/gRPC endpoint for spans (trace-ingest), e.g. 127.0.0.1:50054; empty disables export."""
     log_level: str = "info"
     """Log level of the JSON logs on stderr."""
+    nice: int = 0
+    """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
+    shared with the router, a higher one than the router's lets calls take the CPU first."""
     grace_s: float = 10.0
     """Time in-flight calls get to finish after SIGTERM."""
 

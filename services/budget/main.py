@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from interlock._server import GrpcService, run_event_loop
+from interlock._server import GrpcService, run_event_loop, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.budget.v1 import budget_pb2
 from interlock.services.budget import config
@@ -82,6 +82,7 @@ async def serve(settings: config.BudgetSettings, stop: asyncio.Event | None = No
 
 def main() -> None:
     settings = config.load()
+    set_cpu_priority(settings.nice, "INTERLOCK_BUDGET_NICE")
     setup_logging("budget", settings.log_level)
     provider = setup_tracing("budget", settings.otlp_endpoint or None)
     try:

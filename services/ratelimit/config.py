@@ -31,6 +31,9 @@ class RateLimitSettings:
     """OTLP/gRPC endpoint for spans; empty disables export."""
     log_level: str = "info"
     """Log level of the JSON logs on stderr."""
+    nice: int = 0
+    """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
+    shared with the router, a higher one than the router's lets calls take the CPU first."""
     grace_s: float = 10.0
     """Time in-flight calls get to finish after SIGTERM."""
 

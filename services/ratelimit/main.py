@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import yaml
 
 from interlock._filewatch import FileWatcher
-from interlock._server import GrpcService, run_event_loop
+from interlock._server import GrpcService, run_event_loop, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.ratelimit.v1 import ratelimit_pb2
 from interlock.services.ratelimit import config
@@ -68,6 +68,7 @@ async def serve(settings: config.RateLimitSettings, stop: asyncio.Event | None =
 
 def main() -> None:
     settings = config.load()
+    set_cpu_priority(settings.nice, "INTERLOCK_RATELIMIT_NICE")
     setup_logging("ratelimit", settings.log_level)
     provider = setup_tracing("ratelimit", settings.otlp_endpoint or None)
     try:

@@ -82,6 +82,9 @@ class RouterSettings:
     """OTLP/gRPC endpoint for spans; empty disables export."""
     log_level: str = "info"
     """Log level of the JSON logs on stderr."""
+    nice: int = 0
+    """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
+    shared with the router, a higher one than the router's lets calls take the CPU first."""
     grace_s: float = 30.0
     """Time in-flight calls (streams too) get to finish after SIGTERM."""
     redact_patterns: str = ""

@@ -89,6 +89,9 @@ class TraceIngestSettings:
     """Deadline of one Export call to Jaeger; a failed call is retried with backoff."""
     log_level: str = "info"
     """Log level of the JSON logs on stderr."""
+    nice: int = 0
+    """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
+    shared with the router, a higher one than the router's lets calls take the CPU first."""
     grace_s: float = 10.0
     """How long in-flight calls may run after a stop signal."""
 

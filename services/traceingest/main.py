@@ -7,7 +7,7 @@ from pathlib import Path
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from interlock._server import GrpcService, run_event_loop
+from interlock._server import GrpcService, run_event_loop, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
 from interlock.services.traceingest.adapters.clickhouse import ClickHouseClient, EmbeddedClickHouse, HttpClickHouse
@@ -145,6 +145,7 @@ def usage_topic_specs(settings: TraceIngestSettings) -> list[TopicSpec]:
 
 def main() -> None:
     settings = load_trace_ingest_settings()
+    set_cpu_priority(settings.nice, "INTERLOCK_TRACEINGEST_NICE")
     setup_logging(SERVICE_NAME, settings.log_level)
     setup_tracing(SERVICE_NAME, settings.otlp_endpoint or None)
     run_event_loop(build_trace_ingest(settings).run())

@@ -1,0 +1,59 @@
+"""A service's `INTERLOCK_<SERVICE>_NICE`: the process, and every thread it starts (gRPC,
+the ledger's, the span exporter's), runs at that niceness; a value out of range fails the
+start with the variable's name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from interlock.devservers import free_port
+from interlock.mesh import health_status
+
+
+def thread_niceness(pid: int) -> dict[str, int]:
+    """Thread name -> niceness, from /proc (field 19 of each thread's stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[f"{name}/{task.name}"] = int(fields[16])
+    return out
+
+
+def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "INTERLOCK_BUDGET_PORT": str(port),
+        "INTERLOCK_BUDGET_DB_PATH": str(tmp_path / "ledger.db"),
+        "INTERLOCK_BUDGET_SPOOL_PATH": str(tmp_path / "usage.db"),
+        "INTERLOCK_BUDGET_ALERTS_SPOOL_PATH": str(tmp_path / "alerts.db"),
+        "INTERLOCK_BUDGET_NICE": "7",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "interlock.services.budget"], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "budget service not serving after 60 s"
+            time.sleep(0.1)
+        niceness = thread_niceness(proc.pid)
+        assert len(niceness) > 3  # gRPC's threads and the others, not only the main one
+        assert set(niceness.values()) == {7}, niceness
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_niceness_out_of_range_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "INTERLOCK_RATELIMIT_PORT": str(free_port()), "INTERLOCK_RATELIMIT_NICE": "25"}
+    done = subprocess.run(
+        [sys.executable, "-m", "interlock.services.ratelimit"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"INTERLOCK_RATELIMIT_NICE=25: niceness is not between -20 and 19" in done.stderr
