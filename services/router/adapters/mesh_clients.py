@@ -584,7 +584,10 @@ class BudgetClient:
                 # In the last third of its life a key in use is checked again in the background,
                 # so no call of a busy key waits for the check; an idle key's entry just expires.
                 self._auth_refreshing.add(cache_key)
-                task = asyncio.get_running_loop().create_task(self._refresh_auth(api_key, cache_key))
+                # Work for the key's calls to come: not a span of the call that happened to start it.
+                task = asyncio.get_running_loop().create_task(
+                    self._refresh_auth(api_key, cache_key), context=contextvars.Context()
+                )
                 self._auth_tasks.add(task)
                 task.add_done_callback(self._auth_tasks.discard)
             return hit[1]
