@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from polling import wait_until
 
 from interlock._server import add_service
 from interlock.budget.v1 import budget_pb2
@@ -79,14 +80,6 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         await server.stop(None)
         servicer.shutdown()
         ledger.close()
-
-
-async def wait_until(predicate: Any, what: str) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_a_key_in_use_is_checked_again_in_the_background_before_its_entry_expires(setup: Setup) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from polling import wait_until
 
 from interlock._server import add_service
 from interlock.budget.v1 import budget_pb2
@@ -101,14 +102,6 @@ def call(request_id: str) -> ChatCall:
 async def commit(client: BudgetClient, request_id: str, cost: int) -> None:
     # What ChatFlow._settle does after the provider answered.
     await client.commit(call(request_id), "openai", TokenUsage(10, 5), cost)
-
-
-async def wait_until(predicate: Any, what: str) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_commit_returns_before_it_lands_and_the_reservation_holds_until_then(budget: Budget) -> None:
