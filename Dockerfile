@@ -24,9 +24,12 @@ RUN python -m venv --without-pip /opt/interlock \
 
 # --- runtime: the venv on a clean base, non-root -------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# GRPC_EXPERIMENTS: the services' default for gRPC core (interlock._server.GRPC_EXPERIMENTS);
+# a pod's own env entry overrides it.
 ENV PATH=/opt/interlock/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    GRPC_EXPERIMENTS=-event_engine_listener,-event_engine_for_all_other_endpoints,-event_engine_client
 # A numeric USER lets Kubernetes verify runAsNonRoot. /var/lib/interlock is where state goes;
 # in a pod it is a volume (emptyDir or PVC) because the root filesystem is read-only.
 RUN groupadd --system --gid 10001 interlock \

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .gateways import LITELLM_MASTER_KEY, InterlockGateway, LiteLLMProxy, NginxUpstream
-from .load import Endpoint, RunResult, run_ghz, run_vegeta
+from .load import Endpoint, run_ghz, run_once, run_vegeta
 from .procstat import ProcessGroup
 from .report import DEFAULT_RATES_TEXT, render_table, target_verdicts, write_docs, write_plot
 from .stats import PathAtRate, Round, add_baseline, highest_sustained, merge
@@ -114,12 +114,6 @@ def endpoints(
                 )
             )
     return sorted(found, key=lambda e: ALL_PATHS.index(e.name))
-
-
-def run_once(tools: Tools, endpoint: Endpoint, rate: float, seconds: float, work: Path) -> RunResult:
-    if endpoint.tool == "ghz":
-        return run_ghz(tools, endpoint, rate, seconds, work)
-    return run_vegeta(tools, endpoint, rate, seconds, work)[0]
 
 
 def check(tools: Tools, endpoint: Endpoint, work: Path) -> None:

@@ -227,3 +227,10 @@ def run_ghz(tools: Tools, endpoint: Endpoint, rate: float, seconds: float, work:
             (_parse_time(str(detail["timestamp"])), float(detail["latency"]) / 1e6, ok, _error_kind(error or status))
         )
     return _summarise(rows)
+
+
+def run_once(tools: Tools, endpoint: Endpoint, rate: float, seconds: float, work: Path) -> RunResult:
+    """One open-loop run of `endpoint` with its generator (ghz for gRPC, vegeta for HTTP)."""
+    if endpoint.tool == "ghz":
+        return run_ghz(tools, endpoint, rate, seconds, work)
+    return run_vegeta(tools, endpoint, rate, seconds, work)[0]

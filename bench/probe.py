@@ -2,12 +2,14 @@
 
 Starts nginx (the same fixed upstream as `make bench`) and one benchmark mesh per variant,
 each with the environment of `bench/gateways.py` plus that variant's settings, then drives
-every variant's HTTP facade (unary chat completions) open-loop with vegeta at `--rate`,
+every variant's router open-loop at `--rate` on one path (`--path`: the HTTP facade with
+vegeta by default, or gRPC with ghz, unary or streamed),
 `--rounds` times for `--seconds`, in an order reversed every round so machine drift hits
 all variants alike. It reports, per variant, the median over rounds of p50/p90/p99 latency
 of CPU milliseconds per answered call and peak RSS of each mesh process, and the errors.
 
     python -m bench.probe --rate 100                                  # the bench mesh as it is
+    python -m bench.probe --rate 1000 --path interlock-grpc           # gRPC Chat through ghz
     python -m bench.probe --rate 100 --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=false \\
         --variant INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true --rounds 4 --json
 
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .gateways import InterlockGateway, NginxUpstream
-from .load import Endpoint, RunResult, run_vegeta
+from .load import Endpoint, RunResult, run_once
 from .stats import percentile
 from .tools import commit, find_tools
 
@@ -48,6 +50,9 @@ class VariantResult:
         keys = sorted({k for r in self.rounds for k in r})
         return {k: round(self.median(k), 3) for k in keys}
 
+
+PATHS = ("interlock-http", "interlock-grpc", "interlock-http-stream", "interlock-grpc-stream")
+"""The router's paths, named as in `make bench`."""
 
 PYTHON_ITEM = "python"
 """The variant item naming the services' interpreter rather than a setting."""
@@ -83,6 +88,17 @@ def round_figures(
     return figures
 
 
+def router_endpoint(path: str, gateway: InterlockGateway) -> Endpoint:
+    """The endpoint of `path` (one of PATHS) on `gateway`'s router."""
+    stream = path.endswith("-stream")
+    headers = {"authorization": f"Bearer {gateway.api_key}"}
+    model = "bench-stream" if stream else "bench-unary"
+    if path.startswith("interlock-grpc"):
+        return Endpoint(path, "interlock", stream, "", grpc_target=gateway.grpc_target, headers=headers, model=model)
+    url = f"{gateway.http_url}/v1/chat/completions"
+    return Endpoint(path, "interlock", stream, "", url=url, headers=headers, model=model)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second (100)")
@@ -90,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per variant (3)")
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME=VALUE[,NAME=VALUE...]; repeat for each variant"
+    )
+    parser.add_argument(
+        "--path", choices=PATHS, default=PATHS[0], help="which of the router's paths to drive (interlock-http)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -114,21 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             order = gateways if round_no % 2 == 0 else gateways[::-1]
             for text, gateway in order:
-                endpoint = Endpoint(
-                    "interlock-http",
-                    "interlock",
-                    False,
-                    "",
-                    url=f"{gateway.http_url}/v1/chat/completions",
-                    headers={"authorization": f"Bearer {gateway.api_key}"},
-                    model="bench-unary",
-                )
+                endpoint = router_endpoint(args.path, gateway)
                 if round_no == 0:
-                    run_vegeta(tools, endpoint, 20, 3, work)  # warm connections and caches
+                    run_once(tools, endpoint, 20, 3, work)  # warm connections and caches
                 group = gateway.processes()
                 group.reset_peak()
                 before = {name: group.cpu_seconds(name) for name in group.roots}
-                result, _ = run_vegeta(tools, endpoint, args.rate, args.seconds, work)
+                result = run_once(tools, endpoint, args.rate, args.seconds, work)
                 cpu = {name: group.cpu_seconds(name) - before[name] for name in group.roots}
                 rss = {name: group.peak_rss_mb(name) for name in group.roots}
                 results[text].rounds.append(round_figures(result, cpu, rss))
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.probe " + " ".join(sys.argv[1:] if argv is None else argv),
         "interlock_commit": commit(),
         "rate": args.rate,
+        "path": args.path,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "variants": [{**asdict(r), "median": r.summary()} for r in results.values()],

@@ -70,6 +70,20 @@ def set_cpu_priority(nice: int, setting: str) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
+GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints,-event_engine_client"
+"""The services' default for gRPC core's own `GRPC_EXPERIMENTS` variable, set in their
+environment by whatever starts them (`interlock up` and the test and benchmark meshes in
+interlock.mesh, the images' Dockerfile); a value the operator sets wins. gRPC reads it once,
+when grpc is imported, so it cannot be set from inside a service.
+
+It turns gRPC core's EventEngine off for the listener, the client channels and other
+endpoints, which brings back its poller-based I/O: a call's bytes are read by the thread
+that polls the completion queue instead of being handed to it by an EventEngine worker
+first. On the router's gRPC path this took its CPU per call at 1,000 calls/s from 0.77 to
+0.71 ms (docs/BENCHMARKS.md). tests/unit/test_grpc_core_defaults.py checks that the gRPC
+installed knows every name in it."""
+
+
 GC_GEN0_THRESHOLD = 20_000
 """Allocations between two young-generation collections once serving (Python's default is
 700). A call allocates a few thousand objects that reference counting frees at its end; at

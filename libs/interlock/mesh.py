@@ -19,6 +19,8 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from interlock._server import GRPC_EXPERIMENTS
+
 SERVICES = ("traceingest", "ratelimit", "budget", "router")
 
 
@@ -110,6 +112,7 @@ def service_env(cfg: MeshConfig, service: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({prefix + k: v for k, v in {**common, **specific}.items()})
     env["OTEL_BSP_SCHEDULE_DELAY"] = str(cfg.trace_export_delay_ms)
+    env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
     env.update(cfg.extra_env)
     return env
 
