@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.live_routing import LiveRouting
 from interlock.services.router.adapters.load_shedding import LoadShedder
 from interlock.services.router.adapters.mesh_clients import BudgetClient
+from interlock.services.router.api.read_ahead import read_ahead
 from interlock.services.router.domain.chat import ChatCall, new_request_id, validate_chat
 from interlock.services.router.domain.flow import Caller, ChatFlow, ChatResult
 from interlock.services.router.domain.provider import ChatMessage, StreamToolCallDelta, ToolCall, ToolSpec
@@ -171,16 +173,32 @@ class RouterServicer:
             snap = self.live.current
             call = self._call(snap.config, request.params)
             _tag_span(call)
-            async for item in self._flow.stream(caller, call, context.time_remaining(), snap.providers):
-                if isinstance(item, str):
-                    yield router_pb2.ChatStreamResponse(delta=item)
-                elif isinstance(item, StreamToolCallDelta):
-                    yield router_pb2.ChatStreamResponse(
-                        tool_call=router_pb2.ToolCallDelta(
-                            index=item.index, id=item.id, name=item.name, arguments=item.arguments
-                        )
-                    )
-                else:
-                    done = self._response(item)
-                    done.config_version = call.config_version
-                    yield router_pb2.ChatStreamResponse(done=done)
+            pieces = self._flow.stream(caller, call, context.time_remaining(), snap.providers)
+            # Pieces that arrived together leave as one message (services/router/api/read_ahead.py).
+            async with contextlib.aclosing(read_ahead(pieces)) as batches:
+                async for batch in batches:
+                    for message in stream_messages(batch, call.config_version):
+                        yield message
+
+
+def stream_messages(
+    batch: list[str | StreamToolCallDelta | ChatResult], config_version: str
+) -> Iterator[router_pb2.ChatStreamResponse]:
+    """ChatStream's messages for pieces read together: consecutive text deltas joined into one."""
+    text: list[str] = []
+    for item in batch:
+        if isinstance(item, str):
+            text.append(item)
+            continue
+        if text:
+            yield router_pb2.ChatStreamResponse(delta="".join(text))
+            text.clear()
+        if isinstance(item, StreamToolCallDelta):
+            delta = router_pb2.ToolCallDelta(index=item.index, id=item.id, name=item.name, arguments=item.arguments)
+            yield router_pb2.ChatStreamResponse(tool_call=delta)
+        else:
+            done = RouterServicer._response(item)
+            done.config_version = config_version
+            yield router_pb2.ChatStreamResponse(done=done)
+    if text:
+        yield router_pb2.ChatStreamResponse(delta="".join(text))
