@@ -3,8 +3,9 @@
 Starts, on free loopback ports: nginx serving fixed OpenAI-format answers (unary and
 SSE), the Interlock mesh (API-key auth, rate-limit admission and budget reservation on)
 and LiteLLM's proxy (no database, master key on), both gateways routed to that nginx.
-At each rate, every path runs open-loop for `--seconds`, `--rounds` times, in an order
-rotated every round so machine drift hits all paths alike:
+At each rate, every path runs open-loop for `--seconds` (longer at low rates, so a round
+has at least `--min-calls` calls), `--rounds` times, in an order rotated every round so
+machine drift hits all paths alike:
 
     direct, direct-stream                           vegeta -> nginx
     interlock-grpc, interlock-grpc-stream           ghz    -> router (Chat, ChatStream)
@@ -185,6 +186,16 @@ def print_row(row: PathAtRate) -> None:
     )
 
 
+MIN_CALLS = 300
+"""Calls a round has at least: a p99 over two rounds of 10 s at 10/s is the second-slowest
+of 200 calls, which one slow call moves; at 300 a round it is the sixth of 600."""
+
+
+def round_seconds(rate: float, seconds: float, min_calls: int) -> float:
+    """How long one round at `rate` lasts: `seconds`, or long enough for `min_calls` calls."""
+    return max(seconds, min_calls / rate)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     paths = [p for p in args.paths.split(",") if p] if args.paths else list(ALL_PATHS)
     unknown = sorted(set(paths) - set(ALL_PATHS))
@@ -226,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             step = 0
             for rate in rates:
                 rounds: dict[str, list[Round]] = {}
+                seconds = round_seconds(rate, args.seconds, args.min_calls)
                 todo = [e for e in active if e.name not in overloaded]
                 for r in range(args.rounds):
                     shift = step % len(todo)
@@ -235,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         log(f"{rate:g}/s round {r + 1}/{args.rounds}: {endpoint.name}")
                         group = groups[endpoint.gateway]
                         rounds.setdefault(endpoint.name, []).append(
-                            measure(tools, endpoint, group, rate, args.seconds, r, work / "load")
+                            measure(tools, endpoint, group, rate, seconds, r, work / "load")
                         )
                 merged = {name: merge(rs) for name, rs in rounds.items()}
                 for row in merged.values():
@@ -265,6 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": args.command_line,
         "rates": rates,
         "seconds": args.seconds,
+        "min_calls": args.min_calls,
         "rounds": args.rounds,
         **meta,
         "idle_cores": round(idle, 3),
@@ -282,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         "--rates", default=DEFAULT_RATES, help=f"requests per second, comma-separated ({DEFAULT_RATES})"
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of one round of one path (10)")
+    parser.add_argument(
+        "--min-calls",
+        type=int,
+        default=MIN_CALLS,
+        help=f"a round lasts at least as long as this many calls take ({MIN_CALLS})",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="rounds per path and rate, order rotated (2)")
     parser.add_argument("--paths", default="", help=f"subset of {','.join(ALL_PATHS)} (all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: rates 50,200, 3 s, 1 round, docs untouched")
@@ -304,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.command_line = " ".join(["python -m bench.compare", *(sys.argv[1:] if argv is None else argv)])
     if args.quick:
-        args.rates, args.seconds, args.rounds = "50,200", 3.0, 1
+        args.rates, args.seconds, args.rounds, args.min_calls = "50,200", 3.0, 1, 0
         args.no_docs = True
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -210,6 +210,14 @@ def write_plot(rows: list[PathAtRate], results: dict[str, Any], path: Path) -> N
     plt.close(fig)
 
 
+def min_calls_text(results: dict[str, Any]) -> str:
+    """How rounds at low rates were lengthened, for runs that recorded it."""
+    min_calls = int(results.get("min_calls") or 0)
+    if not min_calls:
+        return ""
+    return f" or, at low rates, as long as {min_calls} calls take (at 10/s, {min_calls / 10:g} s)"
+
+
 def render_section(results: dict[str, Any], rows: list[PathAtRate], plot: Path, docs: Path) -> str:
     v, m = results["versions"], results["machine"]
     rounds = f"{results['rounds']} round" + ("s" if results["rounds"] != 1 else "")
@@ -232,7 +240,9 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   stay exact), reservations come from budget leases of $0.05
   (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`) and commits follow the answer
   (`INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true`, batched; the lease holds each call's worst
-  case until its commit lands); all three are off by default. The budget service and
+  case until its commit lands); all three are off by default. gRPC core runs with its
+  EventEngine off for listener, channels and endpoints (`GRPC_EXPERIMENTS`, the services'
+  default, `interlock._server.GRPC_EXPERIMENTS`). The budget service and
   trace-ingest run at niceness 10 (`INTERLOCK_BUDGET_NICE`, `INTERLOCK_TRACEINGEST_NICE`;
   default 0), below the router, as on any host the services share. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
@@ -244,9 +254,10 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   or limit checks, so it does less work per call than Interlock does here.
 - Load: open-loop at a fixed rate (requests leave on schedule whether or not earlier ones
   finished): vegeta {v["vegeta"]} for HTTP, ghz {v["ghz"]} (`--async`) for gRPC; 10 s timeout.
-  Every path at every rate runs {rounds} of {results["seconds"]:g} s; the order of the paths rotates
-  every round so machine drift hits all of them. A path overloaded at one rate (over 5% errors,
-  under 80% of the rate achieved, or p99 over 1 s) is not driven at higher rates.
+  Every path at every rate runs {rounds} of {results["seconds"]:g} s{min_calls_text(results)};
+  the order of the paths rotates every round so machine drift hits all of them. A path
+  overloaded at one rate (over 5% errors, under 80% of the rate achieved, or p99 over 1 s) is
+  not driven at higher rates.
 - Added latency = a path's percentile minus the direct path's same percentile (direct: the same
   request sent by vegeta straight to nginx) at the same rate step; streaming paths subtract the
   direct streaming path. gRPC paths are measured by ghz, their baseline by vegeta.
@@ -270,7 +281,7 @@ $ .venv-bench/bin/{results["command"]}
 ```
 
 (`make bench` runs `bash bench/deps.sh`, then `python -m bench.compare $(BENCH_ARGS)`; the
-defaults are rates {DEFAULT_RATES_TEXT}, 2 rounds of 10 s.)
+defaults are rates {DEFAULT_RATES_TEXT}, 2 rounds of 10 s or 300 calls, whichever is longer.)
 
 {render_table(rows, results)}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.compare import round_seconds
 from bench.gateways import LIMITS_YAML, MODELS, routing_yaml
 from bench.report import BEGIN, END, render_table, target_verdicts
 from bench.stats import PathAtRate, Round, add_baseline, highest_sustained, merge, percentile
@@ -133,3 +134,10 @@ def test_probe_round_gives_latency_and_cpu_per_answered_call() -> None:
     assert figures["cpu_ms_per_call.router"] == pytest.approx(2.0)  # 200 ms over the 100 answered
     assert figures["cpu_ms_per_call.total"] == pytest.approx(3.0)
     assert figures["peak_rss_mb.router"] == 130.0
+
+
+def test_rounds_at_low_rates_last_long_enough_for_the_minimum_of_calls() -> None:
+    assert round_seconds(10, 10, 300) == 30  # the p99 of 600 calls over two rounds, not of 200
+    assert round_seconds(25, 10, 300) == 12
+    assert round_seconds(100, 10, 300) == 10  # --seconds already gives 1,000 calls
+    assert round_seconds(10, 10, 0) == 10
