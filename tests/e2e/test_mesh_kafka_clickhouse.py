@@ -120,7 +120,9 @@ def test_stream_yields_deltas_then_usage_and_is_recorded_once(mesh: Mesh, ch: An
         items = list(stub.ChatStream(router_pb2.ChatStreamRequest(params=params), metadata=auth(key), timeout=30))
     deltas = [i.delta for i in items if i.WhichOneof("event") == "delta"]
     done = items[-1].done
-    assert len(deltas) >= 2
+    # The fake provider sends its whole answer in one burst, and deltas that reach the router
+    # together leave it as one message (spaced ones one by one: test_budget_hard_limits.py).
+    assert deltas
     assert items[-1].WhichOneof("event") == "done"
     assert done.text == "".join(deltas)
     rows = wait_for(lambda: usage_rows(ch, params.request_id) or None, "the streamed call's usage row")
