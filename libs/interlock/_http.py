@@ -68,11 +68,6 @@ class _Date:
         return cls.header
 
 
-_MAX_PENDING_BYTES = 64 * 1024
-"""A response's bytes held for the end of the loop's turn past which they are written at once
-(the transport's own buffer and its backpressure take over from there)."""
-
-
 class _Request:
     """One request: its ASGI scope, its body as it arrives, and its response's state."""
 
@@ -85,10 +80,9 @@ class _Request:
         "delivered",
         "disconnected",
         "expect_continue",
+        "head",
         "head_only",
         "keep_alive",
-        "pending",
-        "pending_bytes",
         "remaining",
         "response_done",
         "response_started",
@@ -111,9 +105,7 @@ class _Request:
         self.response_done = False
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under the response's Content-Length
-        # Response bytes to write at the end of this turn of the event loop (see _write_soon).
-        self.pending: list[bytes] | None = None
-        self.pending_bytes = 0
+        self.head: bytes | None = None  # a response head waiting for the body after it
         self.waiter: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
@@ -174,17 +166,12 @@ class _Request:
                 if self.remaining < 0:
                     raise RuntimeError("response body longer than its Content-Length")
             data = bytes(body)
-        if more:
-            if data:
-                self._write_soon(data)
-        else:
-            pending = self.pending
-            if pending is not None:
-                self.pending = None
-                pending.append(data)
-                data = b"".join(pending)
-            if data:
-                conn.transport.write(data)
+        head = self.head
+        if head is not None:
+            self.head = None
+            data = head + data
+        if data:
+            conn.transport.write(data)
         if not more:
             if self.remaining and not self.head_only:
                 raise RuntimeError("response body shorter than its Content-Length")
@@ -218,28 +205,15 @@ class _Request:
         self.expect_continue = False
         self.chunked = chunked and not self.head_only
         self.remaining = length
-        self._write_soon(b"".join(parts))
+        self.head = b"".join(parts)
+        # A head with no body after it in this loop iteration (an event stream whose first
+        # event comes later) still goes out, on the next iteration.
+        asyncio.get_running_loop().call_soon(self._flush_head)
 
-    def _write_soon(self, data: bytes) -> None:
-        """Write `data` at the end of this turn of the event loop, with whatever else the
-        response writes before then: a head and the body sent right after it, or the events
-        of a stream that were ready together, leave in one write (one system call, one
-        wake-up of the client) instead of one each. The response's last part writes at once."""
-        pending = self.pending
-        if pending is None:
-            self.pending = [data]
-            self.pending_bytes = len(data)
-            asyncio.get_running_loop().call_soon(self._flush_pending)
-            return
-        pending.append(data)
-        self.pending_bytes += len(data)
-        if self.pending_bytes >= _MAX_PENDING_BYTES:
-            self._flush_pending()
-
-    def _flush_pending(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is not None and not self.conn.transport.is_closing():
-            self.conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+    def _flush_head(self) -> None:
+        head, self.head = self.head, None
+        if head is not None and not self.conn.transport.is_closing():
+            self.conn.transport.write(head)
 
     async def run(self, app: ASGIApp) -> None:
         try:
@@ -458,8 +432,6 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closing:
             self.closing = True
-            if self.current is not None:
-                self.current._flush_pending()  # what the response sent so far still goes out
             self.transport.close()
 
 

@@ -183,68 +183,7 @@ def test_a_response_without_length_is_chunked_and_its_head_goes_out_before_the_f
     assert len(before) == 1 and strip_date(before[0]) == (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    # The event and the end, sent in one turn of the loop, leave in one write.
-    assert sends[1:] == [b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"]
-
-
-def test_stream_events_ready_together_leave_in_one_write_and_each_turn_writes_its_own() -> None:
-    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
-        turn = asyncio.Event()
-        seen: list[list[bytes]] = []
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await receive()
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
-            )
-            for n in (1, 2, 3):  # three events ready at once: head and all three in one write
-                await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
-            await turn.wait()
-            await send({"type": "http.response.body", "body": b"data: 4\n\n", "more_body": True})
-            turn.clear()
-            await turn.wait()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        server, conn, transport = connect(app)
-        conn.data_received(POST)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        seen.append(list(transport.sends))
-        turn.set()
-        for _ in range(5):
-            await asyncio.sleep(0)
-        seen.append(list(transport.sends))  # the event of a later turn went out in that turn
-        turn.set()
-        await settle(server)
-        return seen[0], seen[1], transport.sends
-
-    first, second, sends = asyncio.run(scenario())
-    assert len(first) == 1
-    assert strip_date(first[0]).endswith(
-        b"transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\n\r\n"
-    )
-    assert second[1:] == [b"9\r\ndata: 4\n\n\r\n"]
-    assert sends[2:] == [b"0\r\n\r\n"]
-
-
-def test_what_a_failing_stream_sent_before_it_failed_still_goes_out_before_the_close() -> None:
-    async def scenario() -> RecordingTransport:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await receive()
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
-            )
-            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
-            raise RuntimeError("the stream broke")
-
-        server, conn, transport = connect(app)
-        conn.data_received(POST)
-        await settle(server)
-        return transport
-
-    transport = asyncio.run(scenario())
-    assert b"".join(transport.sends).endswith(b"9\r\ndata: 1\n\n\r\n")
-    assert transport.closed
+    assert sends[1:] == [b"9\r\ndata: 1\n\n\r\n", b"0\r\n\r\n"]
 
 
 def test_a_body_in_pieces_is_handed_over_as_it_comes_and_a_big_one_pauses_reading() -> None:
