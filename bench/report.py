@@ -253,7 +253,8 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   database, master key on (`bench/litellm.yaml`); without a database it does no per-key budget
   or limit checks, so it does less work per call than Interlock does here.
 - Load: open-loop at a fixed rate (requests leave on schedule whether or not earlier ones
-  finished): vegeta {v["vegeta"]} for HTTP, ghz {v["ghz"]} (`--async`) for gRPC; 10 s timeout.
+  finished): vegeta {v["vegeta"]} for HTTP, ghz {v["ghz"]} (`--async`) for gRPC, each on one
+  core (`-cpus 1`, `--cpus 1`: they share the machine with the gateways); 10 s timeout.
   Every path at every rate runs {rounds} of {results["seconds"]:g} s{min_calls_text(results)};
   the order of the paths rotates every round so machine drift hits all of them. A path
   overloaded at one rate (over 5% errors, under 80% of the rate achieved, or p99 over 1 s) is
