@@ -78,6 +78,24 @@ async def test_a_consumer_that_stops_early_cancels_the_reading_before_it_returns
     assert closed.is_set()
 
 
+async def test_a_source_held_at_the_bound_is_closed_when_the_consumer_stops() -> None:
+    closed = asyncio.Event()
+
+    async def counting() -> AsyncIterator[int]:
+        try:
+            for number in range(100):
+                yield number
+        finally:
+            closed.set()
+
+    async with contextlib.aclosing(read_ahead(counting(), max_buffered=3)) as batches:
+        first = await anext(batches)
+        for _ in range(10):
+            await asyncio.sleep(0)  # the reader fills the buffer and waits for room
+        assert first == [0, 1, 2] and not closed.is_set()
+    assert closed.is_set()  # closed at its `yield`, not left for the garbage collector
+
+
 async def test_a_consumer_that_does_not_read_stops_the_reading_at_the_bound() -> None:
     produced: list[int] = []
 

@@ -50,7 +50,13 @@ async def read_ahead(source: AsyncIterator[T], max_buffered: int = MAX_BUFFERED)
         except BaseException as exc:
             failure.append(exc)
             if not isinstance(exc, Exception):
-                raise  # cancelled (by this generator's end), or the process is stopping
+                # Cancelled (this generator ended early) or the process is stopping: a source
+                # waiting at its `yield` for room is closed now, so its cleanup (a stream's
+                # settlement) runs here rather than whenever it is collected.
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                raise
         finally:
             finished = True
             ready.set()
