@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 
 async def wait_until(predicate: Callable[[], object], what: str) -> None:
-    """Return once `predicate()` is truthy (polled every 10 ms, for at most 5 s)."""
-    for _ in range(500):
+    """Return once `predicate()` is truthy (polled every 10 ms, for at most 10 s)."""
+    for _ in range(1000):
         if predicate():
             return
         await asyncio.sleep(0.01)

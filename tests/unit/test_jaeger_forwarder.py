@@ -3,7 +3,6 @@ forwarder's batching, retries and bounded queue against an in-process OTLP recei
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -12,6 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from polling import wait_until
 
 from interlock.devservers import free_port
 from interlock.services.traceingest.adapters.jaeger_forwarder import JaegerForwarder
@@ -140,14 +140,6 @@ async def _serve(fake: FakeJaeger) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def _until(condition: Any, what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_queued_requests_go_out_in_batches_after_failures() -> None:
     fake = FakeJaeger(failures=2)
     server, endpoint = await _serve(fake)
@@ -156,7 +148,7 @@ async def test_queued_requests_go_out_in_batches_after_failures() -> None:
         for n in range(0, 8, 2):
             assert forwarder.offer(_request(_span(n), _span(n + 1)), 2)
         await forwarder.start()
-        await _until(lambda: forwarder.forwarded_spans == 8, "all 8 spans forwarded")
+        await wait_until(lambda: forwarder.forwarded_spans == 8, "all 8 spans forwarded")
     finally:
         await forwarder.stop()
         await server.stop(None)
@@ -174,7 +166,7 @@ async def test_small_requests_are_merged_into_one_export() -> None:
         for n in range(5):
             forwarder.offer(_request(_span(n), service=f"svc-{n}"), 1)
         await forwarder.start()
-        await _until(lambda: forwarder.forwarded_spans == 5, "5 spans forwarded")
+        await wait_until(lambda: forwarder.forwarded_spans == 5, "5 spans forwarded")
     finally:
         await forwarder.stop()
         await server.stop(None)

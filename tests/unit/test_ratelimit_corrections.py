@@ -5,12 +5,12 @@ admission picked up within the linger, and whatever is left at close."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
 import pytest
+from polling import wait_until
 from router_calls import CALLER, chat_call
 
 from interlock.errors import InvalidArgumentError
@@ -183,14 +183,6 @@ async def _serve(limiter: RecordingLimiter) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_the_next_admission_carries_the_correction_and_no_adjust_hits_is_made() -> None:
     limiter = RecordingLimiter()
     server, target = await _serve(limiter)
@@ -222,7 +214,7 @@ async def test_a_correction_no_admission_carried_is_sent_after_the_linger() -> N
     try:
         first = await client.admit(CALLER, chat_call(), 5.0)
         await client.record_usage(CALLER, chat_call(), first, USAGE)
-        await _until(lambda: len(limiter.adjusted) == 1, "the lingering correction sent by AdjustHits")
+        await wait_until(lambda: len(limiter.adjusted) == 1, "the lingering correction sent by AdjustHits")
         assert len(limiter.admissions) == 1
         assert limiter.adjusted[0].decided_at_unix_ms == first.decided_at_ms
         await client.admit(CALLER, chat_call(), 5.0)
