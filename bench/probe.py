@@ -30,8 +30,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .compare import ALL_PATHS, endpoints
 from .gateways import InterlockGateway, NginxUpstream
-from .load import Endpoint, RunResult, run_once
+from .load import RunResult, run_once
 from .stats import percentile
 from .tools import commit, find_tools
 
@@ -51,8 +52,8 @@ class VariantResult:
         return {k: round(self.median(k), 3) for k in keys}
 
 
-PATHS = ("interlock-http", "interlock-grpc", "interlock-http-stream", "interlock-grpc-stream")
-"""The router's paths, named as in `make bench`."""
+PATHS = ("interlock-http", *(p for p in ALL_PATHS if p.startswith("interlock") and p != "interlock-http"))
+"""The router's paths, as `make bench` names and builds them; the HTTP facade first (the default)."""
 
 PYTHON_ITEM = "python"
 """The variant item naming the services' interpreter rather than a setting."""
@@ -86,17 +87,6 @@ def round_figures(
     for name, mb in (peak_rss_mb or {}).items():
         figures[f"peak_rss_mb.{name}"] = mb
     return figures
-
-
-def router_endpoint(path: str, gateway: InterlockGateway) -> Endpoint:
-    """The endpoint of `path` (one of PATHS) on `gateway`'s router."""
-    stream = path.endswith("-stream")
-    headers = {"authorization": f"Bearer {gateway.api_key}"}
-    model = "bench-stream" if stream else "bench-unary"
-    if path.startswith("interlock-grpc"):
-        return Endpoint(path, "interlock", stream, "", grpc_target=gateway.grpc_target, headers=headers, model=model)
-    url = f"{gateway.http_url}/v1/chat/completions"
-    return Endpoint(path, "interlock", stream, "", url=url, headers=headers, model=model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             order = gateways if round_no % 2 == 0 else gateways[::-1]
             for text, gateway in order:
-                endpoint = router_endpoint(args.path, gateway)
+                endpoint = next(e for e in endpoints(upstream, gateway, None) if e.name == args.path)
                 if round_no == 0:
                     run_once(tools, endpoint, 20, 3, work)  # warm connections and caches
                 group = gateway.processes()
