@@ -7,9 +7,14 @@ goes back in one write. No auth, limits, budgets, JSON, spans or usage events. A
 proxy does the same behind the HTTP server the router's facade runs on (`interlock._http`,
 a bare ASGI app): the difference between the two is what the ASGI server layer costs. A third
 runs the same ASGI app on uvicorn's httptools server (what the facade ran on before
-`interlock._http` served it itself). Then, at each rate, vegeta drives nginx directly and
-through every proxy in alternating rounds, and the report gives the added latency
-percentiles as `make bench` does (a path's percentile minus the direct path's).
+`interlock._http` served it itself). A fourth serves the router's gRPC `Chat` method on a
+bare grpc.aio server set up as the services' (`interlock._server`: gRPC core's experiments,
+`SERVER_OPTIONS`): it leaves the request unread, sends nginx the same OpenAI body the HTTP
+paths send, and answers with an empty `ChatResponse`, which is what the Python gRPC
+transport costs a gateway before it does any work. Then, at each rate, vegeta (ghz for the
+gRPC proxy, with the request `make bench` sends) drives nginx directly and through every
+proxy in alternating rounds, and the report gives the added latency percentiles as
+`make bench` does (a path's percentile minus the direct path's).
 
     python -m bench.floor                          # 100 and 1,000 calls/s, 3 rounds of 10 s
     python -m bench.floor --rates 10,100 --json
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -30,15 +36,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from interlock._server import GRPC_EXPERIMENTS
 from interlock.devservers import free_port
 
 from .gateways import NginxUpstream
-from .load import Endpoint, run_vegeta
+from .load import Endpoint, http_body, run_once
 from .stats import percentile
 from .tools import find_tools
 
 _PATH = "/unary/v1/chat/completions"
-_PROXIES = {"floor": "", "floor_asgi": "_asgi", "floor_uvicorn": "_uvicorn"}
+_MODEL = "gpt-4o-mini"
+_PROXIES = {"floor": "", "floor_asgi": "_asgi", "floor_uvicorn": "_uvicorn", "floor_grpc": "_grpc"}
 """Each proxy path and the suffix of its `added*` figures in the results."""
 
 
@@ -141,6 +149,40 @@ def _serve_asgi(port: int, upstream_url: str, server: str = "interlock") -> None
     uvloop.run(main())
 
 
+def _serve_grpc(port: int, upstream_url: str) -> None:
+    """The same forwarding behind a bare grpc.aio server answering the router's `Chat` method
+    (runs until killed). gRPC core's experiments come from the environment (set by `main`)."""
+    import grpc
+    import uvloop
+
+    from interlock._server import SERVER_OPTIONS
+    from interlock.services.router.adapters.http_pool import HttpPool
+
+    body = json.dumps(http_body(_MODEL, False)).encode()
+
+    async def main() -> None:
+        pool = HttpPool(upstream_url, max_connections=256, connect_timeout_s=5.0)
+
+        async def chat(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            response = await pool.request("POST", _PATH, {"content-type": "application/json"}, body)
+            try:
+                await response.read()
+            finally:
+                response.release()
+            return b""  # an empty ChatResponse
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {"Chat": grpc.unary_unary_rpc_method_handler(chat)}
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("interlock.router.v1.RouterService", handlers),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
 def _wait_listening(port: int, proxy: multiprocessing.process.BaseProcess) -> None:
     deadline = time.monotonic() + 20
     while True:
@@ -164,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     tools = find_tools(need_litellm=False)
     work = Path(tempfile.mkdtemp(prefix="interlock-bench-floor-"))
     upstream = NginxUpstream(work / "nginx", tools.nginx).start()
+    # The gRPC proxy's child imports gRPC core with the services' settings (read on import).
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
     spawn = multiprocessing.get_context("spawn")
     ports = {name: free_port() for name in _PROXIES}
     proxies = {
@@ -174,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor_uvicorn": spawn.Process(
             target=_serve_asgi, args=(ports["floor_uvicorn"], upstream.url, "uvicorn"), daemon=True
         ),
+        "floor_grpc": spawn.Process(target=_serve_grpc, args=(ports["floor_grpc"], upstream.url), daemon=True),
     }
     for process in proxies.values():
         process.start()
@@ -181,16 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, process in proxies.items():
             _wait_listening(ports[name], process)
-        direct = Endpoint("direct", "upstream", False, "", url=f"{upstream.url}{_PATH}", model="gpt-4o-mini")
+        direct = Endpoint("direct", "upstream", False, "", url=f"{upstream.url}{_PATH}", model=_MODEL)
         paths = (
             direct,
             *(
-                Endpoint(name, "floor", False, "direct", url=f"http://127.0.0.1:{ports[name]}/", model="gpt-4o-mini")
+                Endpoint(name, "floor", False, "direct", url=f"http://127.0.0.1:{ports[name]}/", model=_MODEL)
                 for name in _PROXIES
+                if name != "floor_grpc"
+            ),
+            Endpoint(
+                "floor_grpc",
+                "floor",
+                False,
+                "direct",
+                grpc_target=f"127.0.0.1:{ports['floor_grpc']}",
+                headers={"authorization": "Bearer floor"},
+                model=_MODEL,
             ),
         )
         for endpoint in paths:
-            run_vegeta(tools, endpoint, 50, 2, work)  # warm connections on every path
+            run_once(tools, endpoint, 50, 2, work)  # warm connections on every path
         for rate in rates:
             latencies: dict[str, list[float]] = {e.name: [] for e in paths}
             errors = {e.name: 0 for e in paths}
@@ -198,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = paths if round_no % 2 == 0 else paths[::-1]
                 for endpoint in order:
                     print(f"floor: {rate:g}/s round {round_no + 1}/{args.rounds}: {endpoint.name}", file=sys.stderr)
-                    result, _ = run_vegeta(tools, endpoint, rate, args.seconds, work)
+                    result = run_once(tools, endpoint, rate, args.seconds, work)
                     latencies[endpoint.name] += result.latencies_ms
                     errors[endpoint.name] += result.errors
             row: dict[str, float] = {"rate": rate} | {f"errors_{name}": n for name, n in errors.items()}
@@ -220,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             "| rate | direct p50 / p99 ms | added p50 / p90 / p99 ms: httptools proxy "
-            "| behind the facade's HTTP server | behind uvicorn | errors |"
+            "| behind the facade's HTTP server | behind uvicorn | behind grpc.aio (ghz) | errors |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             added = " | ".join(
                 f"{r[f'added{s}_p50_ms']:.2f} / {r[f'added{s}_p90_ms']:.2f} / {r[f'added{s}_p99_ms']:.2f}"

@@ -38,6 +38,12 @@ log = logging.getLogger("interlock.server")
 # A 10 MB prompt must reach validation (and get INVALID_ARGUMENT naming the field)
 # rather than be cut by gRPC's 4 MB default with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+)
+"""Every service's gRPC server options (`bench.floor` serves its bare gRPC proxy with them)."""
 
 T = TypeVar("T")
 
@@ -237,13 +243,7 @@ class GrpcService:
                 loop.add_signal_handler(sig, stop.set)
         for hook in self.on_start:
             await hook()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
