@@ -162,9 +162,12 @@ BENCH_ENV = {
     # the background); limits stay exact, the last half of each window is decided per call.
     "INTERLOCK_ROUTER_RATELIMIT_LEASE_MS": "1000",
     # One host for everything: the services whose work follows the answers (commits, usage
-    # and span ingest) give way to the router when both want a core.
+    # and span ingest) take a core only when the router and the rest want none (the idle
+    # CPU policy), and at niceness 10 whenever they are starved and leave it.
     "INTERLOCK_BUDGET_NICE": "10",
     "INTERLOCK_TRACEINGEST_NICE": "10",
+    "INTERLOCK_BUDGET_CPU_POLICY": "idle",
+    "INTERLOCK_TRACEINGEST_CPU_POLICY": "idle",
     # 1% of traces, as a deployment at hundreds of calls a second would sample; usage events
     # (the accounting path) are written for every call regardless.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",

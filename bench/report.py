@@ -243,8 +243,11 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   case until its commit lands); all three are off by default. gRPC core runs with its
   EventEngine off for listener, channels and endpoints (`GRPC_EXPERIMENTS`, the services'
   default, `interlock._server.GRPC_EXPERIMENTS`). The budget service and
-  trace-ingest run at niceness 10 (`INTERLOCK_BUDGET_NICE`, `INTERLOCK_TRACEINGEST_NICE`;
-  default 0), below the router, as on any host the services share. Every call's usage event is
+  trace-ingest run under the idle CPU policy (`INTERLOCK_BUDGET_CPU_POLICY=idle`,
+  `INTERLOCK_TRACEINGEST_CPU_POLICY=idle`; default `normal`), taking a core only when no other
+  process wants one and leaving it for niceness 10 (`INTERLOCK_BUDGET_NICE`,
+  `INTERLOCK_TRACEINGEST_NICE`; default 0) whenever they are starved, as on any host the
+  services share. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
   event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
   `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from interlock._idle import installed_guard
 from interlock._rpc_tracing import record_server_code, server_span
 from interlock._settings import SettingsError
 from interlock._wire import parse_request
@@ -260,10 +261,15 @@ class GrpcService:
         for name in ("", *(d.full_name for d, _ in self.services)):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         freeze_startup_heap(gen0_threshold)
+        idle_guard = installed_guard()
+        if idle_guard is not None:
+            idle_guard.start()
         log.info("serving", extra={"fields": {"address": f"{self.host}:{self.bound_port}"}})
         try:
             await stop.wait()
         finally:
+            if idle_guard is not None:
+                idle_guard.stop()
             log.info("stopping", extra={"fields": {"grace_s": self.grace_s}})
             await health_servicer.enter_graceful_shutdown()
             await asyncio.gather(server.stop(self.grace_s), *(hook() for hook in self.on_draining))

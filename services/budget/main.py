@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from interlock._idle import set_cpu_policy
 from interlock._server import GrpcService, run_event_loop, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.budget.v1 import budget_pb2
@@ -84,6 +85,7 @@ def main() -> None:
     settings = config.load()
     set_cpu_priority(settings.nice, "INTERLOCK_BUDGET_NICE")
     setup_logging("budget", settings.log_level)
+    set_cpu_policy(settings.cpu_policy, "INTERLOCK_BUDGET_CPU_POLICY")
     provider = setup_tracing("budget", settings.otlp_endpoint or None)
     try:
         run_event_loop(serve(settings))

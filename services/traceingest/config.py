@@ -92,6 +92,11 @@ class TraceIngestSettings:
     nice: int = 0
     """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
     shared with the router, a higher one than the router's lets calls take the CPU first."""
+    cpu_policy: str = "normal"
+    """`idle`: the process runs under Linux's SCHED_IDLE, taking a core only when no ordinary
+    process wants one, and goes back to the ordinary policy (at `nice`) whenever its event loop
+    runs 50 ms late, until it has caught up for 5 s (interlock._idle). For a host shared with
+    the router; refused with a warning where the process could not leave idle again."""
     grace_s: float = 10.0
     """How long in-flight calls may run after a stop signal."""
 

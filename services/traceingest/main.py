@@ -7,6 +7,7 @@ from pathlib import Path
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from interlock._idle import set_cpu_policy
 from interlock._server import GrpcService, run_event_loop, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.services.traceingest.adapters.budget_auth import BudgetAuthenticator
@@ -147,6 +148,7 @@ def main() -> None:
     settings = load_trace_ingest_settings()
     set_cpu_priority(settings.nice, "INTERLOCK_TRACEINGEST_NICE")
     setup_logging(SERVICE_NAME, settings.log_level)
+    set_cpu_policy(settings.cpu_policy, "INTERLOCK_TRACEINGEST_CPU_POLICY")
     setup_tracing(SERVICE_NAME, settings.otlp_endpoint or None)
     run_event_loop(build_trace_ingest(settings).run())
 

@@ -57,3 +57,54 @@ def test_a_niceness_out_of_range_fails_the_start_naming_the_setting(tmp_path: Pa
     )
     assert done.returncode != 0
     assert b"INTERLOCK_RATELIMIT_NICE=25: niceness is not between -20 and 19" in done.stderr
+
+
+def thread_policies(pid: int) -> dict[str, int]:
+    """Thread name -> scheduling policy, from /proc (field 41 of each thread's stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        out[f"{name}/{task.name}"] = int(stat[stat.rindex(")") + 2 :].split()[38])
+    return out
+
+
+def test_the_idle_policy_puts_every_thread_of_the_budget_service_at_sched_idle(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "INTERLOCK_BUDGET_PORT": str(port),
+        "INTERLOCK_BUDGET_DB_PATH": str(tmp_path / "ledger.db"),
+        "INTERLOCK_BUDGET_SPOOL_PATH": str(tmp_path / "usage.db"),
+        "INTERLOCK_BUDGET_ALERTS_SPOOL_PATH": str(tmp_path / "alerts.db"),
+        "INTERLOCK_BUDGET_NICE": "10",
+        "INTERLOCK_BUDGET_CPU_POLICY": "idle",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "interlock.services.budget"], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "budget service not serving after 60 s"
+            time.sleep(0.1)
+        policies = thread_policies(proc.pid)
+        assert len(policies) > 3
+        # Started at idle, and serving (its own health checks answered) without starving.
+        assert set(policies.values()) == {os.SCHED_IDLE}, policies
+        assert set(thread_niceness(proc.pid).values()) == {10}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_unknown_cpu_policy_fails_the_start_naming_the_setting() -> None:
+    env = {
+        **os.environ,
+        "INTERLOCK_TRACEINGEST_PORT": str(free_port()),
+        "INTERLOCK_TRACEINGEST_CPU_POLICY": "lazy",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "interlock.services.traceingest"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"INTERLOCK_TRACEINGEST_CPU_POLICY='lazy': not one of normal, idle" in done.stderr
