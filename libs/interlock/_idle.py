@@ -127,8 +127,12 @@ class IdleGuard:
         now, cpu = self._clock(), self._cpu_clock()
         wall = now - self._last[0]
         share = (cpu - self._last[1]) / wall if wall > 0 else 1.0
-        self.tick(max(0.0, now - due), now, share)
-        self._schedule()
+        try:
+            self.tick(max(0.0, now - due), now, share)
+        except OSError:  # a failed switch must not end the checks (the next one tries again)
+            log.exception("could not switch the CPU policy")
+        finally:
+            self._schedule()
 
 
 def set_cpu_policy(policy: str, setting: str) -> IdleGuard | None:

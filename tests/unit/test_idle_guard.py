@@ -74,6 +74,31 @@ def test_an_event_loop_late_from_its_own_busy_work_does_not_trip_the_guard() -> 
     assert switched == []
 
 
+def test_a_failed_switch_does_not_end_the_checks() -> None:
+    calls: list[int] = []
+
+    def flaky(policy: int) -> None:
+        calls.append(policy)
+        if len(calls) == 1:
+            raise PermissionError("not now")
+
+    cpu = [0.0]
+
+    async def main() -> IdleGuard:
+        guard = IdleGuard(late_s=0.05, every_s=0.01, hold_s=60.0, set_policy=flaky, cpu_clock=lambda: cpu[0])
+        guard.start()
+        for _ in range(2):  # starved twice: the first switch fails, the second is tried
+            await asyncio.sleep(0.03)
+            time.sleep(0.1)  # noqa: ASYNC251 - blocks the loop on purpose
+        await asyncio.sleep(0.05)
+        guard.stop()
+        return guard
+
+    guard = asyncio.run(main())
+    assert calls == [os.SCHED_OTHER, os.SCHED_OTHER]
+    assert not guard.idle and guard.starved == 1
+
+
 def test_an_unknown_policy_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="INTERLOCK_BUDGET_CPU_POLICY='lazy'"):
         set_cpu_policy("lazy", "INTERLOCK_BUDGET_CPU_POLICY")
