@@ -4,10 +4,12 @@ start with the variable's name."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from interlock.devservers import free_port
@@ -25,7 +27,9 @@ def thread_niceness(pid: int) -> dict[str, int]:
     return out
 
 
-def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serving_budget(tmp_path: Path, settings: dict[str, str]) -> Iterator[int]:
+    """A budget service process with `settings`, yielded (its pid) once it serves."""
     port = free_port()
     env = {
         **os.environ,
@@ -33,7 +37,7 @@ def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path
         "INTERLOCK_BUDGET_DB_PATH": str(tmp_path / "ledger.db"),
         "INTERLOCK_BUDGET_SPOOL_PATH": str(tmp_path / "usage.db"),
         "INTERLOCK_BUDGET_ALERTS_SPOOL_PATH": str(tmp_path / "alerts.db"),
-        "INTERLOCK_BUDGET_NICE": "7",
+        **settings,
     }
     proc = subprocess.Popen([sys.executable, "-m", "interlock.services.budget"], env=env, stderr=subprocess.PIPE)
     try:
@@ -42,12 +46,17 @@ def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < deadline, "budget service not serving after 60 s"
             time.sleep(0.1)
-        niceness = thread_niceness(proc.pid)
-        assert len(niceness) > 3  # gRPC's threads and the others, not only the main one
-        assert set(niceness.values()) == {7}, niceness
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path: Path) -> None:
+    with serving_budget(tmp_path, {"INTERLOCK_BUDGET_NICE": "7"}) as pid:
+        niceness = thread_niceness(pid)
+        assert len(niceness) > 3  # gRPC's threads and the others, not only the main one
+        assert set(niceness.values()) == {7}, niceness
 
 
 def test_a_niceness_out_of_range_fails_the_start_naming_the_setting(tmp_path: Path) -> None:
@@ -70,31 +79,13 @@ def thread_policies(pid: int) -> dict[str, int]:
 
 
 def test_the_idle_policy_puts_every_thread_of_the_budget_service_at_sched_idle(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "INTERLOCK_BUDGET_PORT": str(port),
-        "INTERLOCK_BUDGET_DB_PATH": str(tmp_path / "ledger.db"),
-        "INTERLOCK_BUDGET_SPOOL_PATH": str(tmp_path / "usage.db"),
-        "INTERLOCK_BUDGET_ALERTS_SPOOL_PATH": str(tmp_path / "alerts.db"),
-        "INTERLOCK_BUDGET_NICE": "10",
-        "INTERLOCK_BUDGET_CPU_POLICY": "idle",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "interlock.services.budget"], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "budget service not serving after 60 s"
-            time.sleep(0.1)
-        policies = thread_policies(proc.pid)
+    settings = {"INTERLOCK_BUDGET_NICE": "10", "INTERLOCK_BUDGET_CPU_POLICY": "idle"}
+    with serving_budget(tmp_path, settings) as pid:
+        policies = thread_policies(pid)
         assert len(policies) > 3
         # Started at idle, and serving (its own health checks answered) without starving.
         assert set(policies.values()) == {os.SCHED_IDLE}, policies
-        assert set(thread_niceness(proc.pid).values()) == {10}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        assert set(thread_niceness(pid).values()) == {10}
 
 
 def test_an_unknown_cpu_policy_fails_the_start_naming_the_setting() -> None:
