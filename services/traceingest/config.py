@@ -94,8 +94,9 @@ class TraceIngestSettings:
     shared with the router, a higher one than the router's lets calls take the CPU first."""
     cpu_policy: str = "normal"
     """`idle`: the process runs under Linux's SCHED_IDLE, taking a core only when no ordinary
-    process wants one, and goes back to the ordinary policy (at `nice`) whenever its event loop
-    runs 50 ms late, until it has caught up for 5 s (interlock._idle). For a host shared with
+    process wants one, and goes back to the ordinary policy (at `nice`) whenever it is starved
+    (its event loop 50 ms late while it got under half a core) until it has caught up for 5 s
+    (interlock._idle). For a host shared with
     the router; refused with a warning where the process could not leave idle again."""
     grace_s: float = 10.0
     """How long in-flight calls may run after a stop signal."""
