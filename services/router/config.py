@@ -66,8 +66,10 @@ class RouterSettings:
     call that much later, and the hold keeps its worst case meanwhile."""
     budget_lease_ttl_s: float = 30.0
     """Life of a lease not renewed (the router died); the router renews leases in use."""
-    budget_lease_idle_s: float = 2.0
-    """An unused lease with no call in flight is given back after this long."""
+    budget_lease_idle_s: float = 30.0
+    """An unused lease with no call in flight is given back after this long (as long as a
+    dead router's lease is held): calls that come in bursts find it still open, where a new
+    one would make the burst's first calls wait for a round trip to the budget service."""
     max_in_flight: int = 1024
     """Calls (streams included) one router serves at once; past it new calls get UNAVAILABLE
     (HTTP 503) with a retry hint at once instead of queueing. 0: no cap."""

@@ -189,8 +189,9 @@ async def fire(targets: list[str], key: str, count: int, model: str = "metered")
     return [r for r in results if isinstance(r, int)], [r for r in results if isinstance(r, str)]
 
 
-LEASES = {"INTERLOCK_ROUTER_BUDGET_LEASE_USD": "0.05"}
-"""Routers hold budget leases of $0.05 beyond the call that needs one (about 16 calls)."""
+LEASES = {"INTERLOCK_ROUTER_BUDGET_LEASE_USD": "0.05", "INTERLOCK_ROUTER_BUDGET_LEASE_IDLE_S": "1"}
+"""Routers hold budget leases of $0.05 beyond the call that needs one (about 16 calls), given
+back after 1 s without calls (the tests wait for every hold to go)."""
 
 
 AFTER_ANSWER = {"INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER": "true"}

@@ -61,8 +61,9 @@ def test_concurrent_calls_share_one_lease_and_never_overdraw_it(tmp_path: Path) 
         return list(results)
 
     assert all(asyncio.run(run()))
-    # 50 calls of 1,000 from slices of 11,000: five grows of one lease, not one lease per call.
-    assert rpc.calls <= 6
+    # 50 calls of 1,000 from one lease: opened with 11,000, then topped up by at least half a
+    # slice (5,000) whenever it fell below that, and closed: at most 11 round trips, not 50.
+    assert rpc.calls <= 11
     assert book.local_reservations == 50
     spend = ledger.get_spend(PROJECT)
     assert spend.reserved_nanos == 50 * 1_000  # the calls are still in flight: the lease holds them
@@ -112,6 +113,107 @@ def test_idle_leases_are_given_back(tmp_path: Path) -> None:
     asyncio.run(run())
     assert ledger.get_spend(PROJECT).reserved_nanos == 0
     assert ledger.held_leases(now=0) == (0, 0, 0)
+    ledger.close()
+
+
+class GatedLeases(LedgerLeases):
+    """The ledger's Lease RPC, held after the first change until the test lets it through
+    (or failing, when `fail` is set)."""
+
+    def __init__(self, ledger: SqliteLedger, max_share: float = 0.25) -> None:
+        super().__init__(ledger, max_share)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.fail = False
+
+    async def __call__(self, request: budget_pb2.LeaseRequest, timeout_s: float) -> budget_pb2.LeaseResponse:
+        if self.calls >= 1:
+            self.waiting.set()
+            await self.gate.wait()
+            if self.fail:
+                self.calls += 1
+                raise RuntimeError("budget service unavailable")
+        return await super().__call__(request, timeout_s)
+
+
+async def settle_all(book: LeaseBook, ledger: SqliteLedger, first: int, last: int, cost: int) -> None:
+    for i in range(first, last):
+        lease_id = book.settle(f"r{i}", cost)
+        assert ledger.commit(SettledUsage(f"r{i}", Principal("", "", ""), "openai", "m", 1, 1, cost, 0.0), [], lease_id)
+        book.commit_done(lease_id)
+
+
+def test_a_lease_half_spent_is_topped_up_while_calls_go_on_reserving_from_it(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.set_budget(PROJECT, BudgetPolicy(1_000_000_000))
+    rpc = GatedLeases(ledger)
+    book = LeaseBook(LeasePolicy(slice_nanos=10_000), rpc)
+
+    async def run() -> tuple[list[bool], int, int]:
+        assert await book.grow_and_take("r0", CALLER, 1_000, 5.0)  # opened with 11,000
+        # Calls 1-5 reserve in memory; after call 6 the lease holds less than half its slice
+        # (4,000 left), and a top-up leaves for the budget service, which holds it.
+        taken = [book.take(f"r{i}", CALLER, 1_000) for i in range(1, 7)]
+        await asyncio.wait_for(rpc.waiting.wait(), timeout=10)
+        # The top-up is in flight: the next calls are still served from what the lease holds.
+        await settle_all(book, ledger, 0, 7, 900)
+        taken += [book.take(f"r{i}", CALLER, 1_000) for i in range(7, 11)]
+        in_flight_calls = rpc.calls
+        rpc.gate.set()
+        for _ in range(100):
+            if book.refills:
+                break
+            await asyncio.sleep(0.01)
+        await settle_all(book, ledger, 7, 11, 900)
+        more = [book.take(f"r{i}", CALLER, 1_000) for i in range(11, 16)]
+        await settle_all(book, ledger, 11, 16, 900)
+        await book.close_all()
+        return taken + more, in_flight_calls, rpc.calls
+
+    taken, during, total = asyncio.run(run())
+    assert taken == [True] * 15  # no call waited for a round trip or was turned away
+    assert during == 1  # while the top-up was held, only the opening change had been answered
+    assert book.refills == 1
+    assert total == 3  # open, one top-up (back to a full slice: 15 calls fit), close
+    # Every call's cost landed under the lease, and the close gave the rest back.
+    spend = ledger.get_spend(PROJECT)
+    assert spend.committed_nanos == 16 * 900
+    assert ledger.held_leases(now=0) == (0, 0, 0)
+    ledger.close()
+
+
+def test_a_top_up_that_fails_or_falls_short_waits_before_the_next(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    # Room of 40,000 and a share of a quarter: the lease opens with 10,000 and every top-up
+    # is cut to a quarter of what is left, never back to the 50,000 slice.
+    ledger.set_budget(PROJECT, BudgetPolicy(40_000))
+    rpc = GatedLeases(ledger)
+    rpc.gate.set()
+    clock = [100.0]
+    book = LeaseBook(LeasePolicy(slice_nanos=50_000, refill_retry_s=1.0), rpc, clock=lambda: clock[0])
+
+    async def drain() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def run() -> tuple[int, int, int, int]:
+        assert await book.grow_and_take("r0", CALLER, 1_000, 5.0)
+        await drain()
+        after_open = rpc.calls  # the opening change, then one top-up cut short by the share
+        for i in range(1, 4):
+            assert book.take(f"r{i}", CALLER, 1_000)
+            await drain()
+        within_retry = rpc.calls  # no second top-up within refill_retry_s of the short one
+        clock[0] += 1.5
+        rpc.fail = True
+        assert book.take("r4", CALLER, 1_000)
+        await drain()
+        after_failure = rpc.calls  # one more, which failed
+        assert book.take("r5", CALLER, 1_000)  # the lease still serves what it holds
+        await drain()
+        return after_open, within_retry, after_failure, rpc.calls
+
+    assert asyncio.run(run()) == (2, 2, 3, 3)
     ledger.close()
 
 

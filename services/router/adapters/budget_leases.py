@@ -5,8 +5,10 @@ API key). The budget service counts what a lease holds as reserved spend, so the
 leased never exceeds what remains. The router reserves a call's worst case against its
 lease in memory (no round trip), commits the actual cost with the lease's id, and gives
 back what it does not use: when a call does not fit, when the lease goes idle, and before
-the lease expires. A call that does not fit a lease after one attempt to grow it falls
-back to an exact reservation of its own, so a nearly spent budget is still used up.
+the lease expires. A lease that has spent half of its slice is topped up in the background
+while calls go on reserving what it still holds, so under steady load no call waits for the
+budget service. A call that does not fit a lease after one attempt to grow it falls back to
+an exact reservation of its own, so a nearly spent budget is still used up.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ class LeasePolicy:
     """What a lease asks for beyond the call that needs it."""
     ttl_s: float = 30.0
     """Life of a lease on the budget service; renewed while in use."""
-    idle_s: float = 2.0
+    idle_s: float = 30.0
     """A lease unused this long with no call in flight is given back."""
+    refill_retry_s: float = 1.0
+    """After a top-up that failed or was cut short by the budget service (a budget running
+    low), the next one waits this long; calls meanwhile grow the lease when it runs dry."""
 
 
 @dataclass(slots=True)
@@ -59,6 +64,10 @@ class Lease:
     """Monotonic time the budget service frees it unless renewed."""
     last_used: float = 0.0
     closed: bool = False
+    refilling: bool = False
+    """A top-up is on its way (or waiting for the lock)."""
+    refill_after: float = 0.0
+    """Monotonic time before which no top-up is started (one just fell short)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -89,8 +98,11 @@ class LeaseBook:
         self._held: dict[str, tuple[Lease, int]] = {}
         self._committing: dict[str, Lease] = {}
         self._upkeep: asyncio.Task[None] | None = None
+        self._refills: set[asyncio.Task[None]] = set()
         self.local_reservations = 0
         """Calls reserved against a lease without a round trip."""
+        self.refills = 0
+        """Top-ups sent ahead of need (each a round trip no call waited for)."""
 
     def take(self, request_id: str, caller: Caller, amount: int) -> bool:
         """Reserve against the caller's lease in memory; False when it has no room."""
@@ -106,6 +118,34 @@ class LeaseBook:
         lease.last_used = now
         self._held[request_id] = (lease, amount)
         self.local_reservations += 1
+        if (
+            lease.available < self.policy.slice_nanos // 2
+            and not lease.refilling
+            and now >= lease.refill_after
+            and not lease.closed
+        ):
+            lease.refilling = True
+            task = asyncio.get_running_loop().create_task(self._refill(lease))
+            self._refills.add(task)
+            task.add_done_callback(self._refills.discard)
+
+    async def _refill(self, lease: Lease) -> None:
+        """Top the lease up to its slice ahead of need (calls keep reserving what it holds)."""
+        try:
+            async with lease.lock:
+                now = self._clock()
+                short = self.policy.slice_nanos - lease.available
+                if lease.closed or not lease.usable(now) or self._leases.get(lease.caller) is not lease or short <= 0:
+                    return
+                await self._change(lease, 5.0, grow=short)
+                self.refills += 1
+                if lease.available < self.policy.slice_nanos // 2:
+                    lease.refill_after = self._clock() + self.policy.refill_retry_s
+        except Exception as exc:  # noqa: BLE001 - a call that finds the lease dry grows it itself
+            lease.refill_after = self._clock() + self.policy.refill_retry_s
+            log.warning("budget lease top-up failed", extra={"fields": {"error": str(exc)}})
+        finally:
+            lease.refilling = False
 
     async def grow_and_take(self, request_id: str, caller: Caller, amount: int, timeout_s: float) -> bool:
         """Grow the caller's lease for this call (one round trip, shared by concurrent callers).
