@@ -38,7 +38,7 @@ from .gateways import LITELLM_MASTER_KEY, InterlockGateway, LiteLLMProxy, NginxU
 from .load import Endpoint, run_ghz, run_once, run_vegeta
 from .procstat import ProcessGroup
 from .report import DEFAULT_RATES_TEXT, render_table, target_verdicts, write_docs, write_plot
-from .stats import PathAtRate, Round, add_baseline, highest_sustained, merge
+from .stats import PathAtRate, Round, add_baseline, highest_sustained, merge, percentile
 from .tools import ROOT, Tools, find_tools, machine, versions
 
 ALL_PATHS = (
@@ -244,10 +244,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     step += 1
                     for endpoint in todo[shift:] + todo[:shift]:
                         settle(list(groups.values()), idle, args.settle_max_s)
-                        log(f"{rate:g}/s round {r + 1}/{args.rounds}: {endpoint.name}")
                         group = groups[endpoint.gateway]
-                        rounds.setdefault(endpoint.name, []).append(
-                            measure(tools, endpoint, group, rate, seconds, r, work / "load")
+                        done = measure(tools, endpoint, group, rate, seconds, r, work / "load")
+                        rounds.setdefault(endpoint.name, []).append(done)
+                        log(
+                            f"{rate:g}/s round {r + 1}/{args.rounds}: {endpoint.name} "
+                            f"p99 {percentile(done.latencies_ms, 99):.2f} ms"
                         )
                 merged = {name: merge(rs) for name, rs in rounds.items()}
                 for row in merged.values():

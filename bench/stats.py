@@ -70,6 +70,8 @@ class PathAtRate:
     top_errors: dict[str, int] = field(default_factory=dict)
     cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
     """CPU milliseconds per answered call, by process of the gateway (where it names several)."""
+    round_p99_ms: list[float] = field(default_factory=list)
+    """p99 of each round on its own, in the order run (how much the merged p99 owes to one)."""
 
     @property
     def overloaded(self) -> bool:
@@ -134,6 +136,7 @@ def merge(rounds: list[Round]) -> PathAtRate:
         }
         if ok
         else {},
+        round_p99_ms=[percentile(r.latencies_ms, 99) for r in rounds],
     )
 
 

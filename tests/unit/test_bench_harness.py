@@ -84,7 +84,10 @@ def test_cpu_per_call_is_split_by_process_and_rendered() -> None:
         r.index = index
         r.service_cpu_s = {"router": router_s, "budget": budget_s}
         rounds.append(r)
+    rounds[1].latencies_ms = [3.0] * 980 + [9.0] * 20  # the second round's slowest 2% at 9 ms
     row = merge(rounds)
+    assert row.round_p99_ms == [3.0, 9.0]  # each round's own p99, in the order run
+    assert row.p99_ms == 3.0  # over both rounds the 20 slow calls are 1%: the merged p99 misses them
     # 4 s of router CPU over 2,000 answered calls: 2 ms a call; budget 0.5 ms.
     assert row.cpu_ms_per_call == {"budget": 0.5, "router": 2.0}
     table = render_table([row], {})
