@@ -5,6 +5,7 @@ idle leases."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_idle_leases_are_given_back(tmp_path: Path) -> None:
     ledger.close()
 
 
+CURRENT_CALL: contextvars.ContextVar[str] = contextvars.ContextVar("current_call", default="")
+
+
 class GatedLeases(LedgerLeases):
     """The ledger's Lease RPC, held after the first change until the test lets it through
     (or failing, when `fail` is set)."""
@@ -125,8 +129,11 @@ class GatedLeases(LedgerLeases):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
         self.fail = False
+        self.seen_calls: list[str] = []
+        """The value of CURRENT_CALL each change was sent under (a call's span, in the router)."""
 
     async def __call__(self, request: budget_pb2.LeaseRequest, timeout_s: float) -> budget_pb2.LeaseResponse:
+        self.seen_calls.append(CURRENT_CALL.get())
         if self.calls >= 1:
             self.waiting.set()
             await self.gate.wait()
@@ -150,6 +157,7 @@ def test_a_lease_half_spent_is_topped_up_while_calls_go_on_reserving_from_it(tmp
     book = LeaseBook(LeasePolicy(slice_nanos=10_000), rpc)
 
     async def run() -> tuple[list[bool], int, int]:
+        CURRENT_CALL.set("r0")
         assert await book.grow_and_take("r0", CALLER, 1_000, 5.0)  # opened with 11,000
         # Calls 1-5 reserve in memory; after call 6 the lease holds less than half its slice
         # (4,000 left), and a top-up leaves for the budget service, which holds it.
@@ -175,6 +183,8 @@ def test_a_lease_half_spent_is_topped_up_while_calls_go_on_reserving_from_it(tmp
     assert during == 1  # while the top-up was held, only the opening change had been answered
     assert book.refills == 1
     assert total == 3  # open, one top-up (back to a full slice: 15 calls fit), close
+    # The opening change was the call's own (it waited for it); the top-up is no call's.
+    assert rpc.seen_calls[:2] == ["r0", ""]
     # Every call's cost landed under the lease, and the close gave the rest back.
     spend = ledger.get_spend(PROJECT)
     assert spend.committed_nanos == 16 * 900

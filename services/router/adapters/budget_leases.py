@@ -14,6 +14,7 @@ an exact reservation of its own, so a nearly spent budget is still used up.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -125,7 +126,8 @@ class LeaseBook:
             and not lease.closed
         ):
             lease.refilling = True
-            task = asyncio.get_running_loop().create_task(self._refill(lease))
+            # Work for the calls to come: not a span of the call that happened to start it.
+            task = asyncio.get_running_loop().create_task(self._refill(lease), context=contextvars.Context())
             self._refills.add(task)
             task.add_done_callback(self._refills.discard)
 
