@@ -238,7 +238,8 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   budget are large enough never to refuse. Calls are admitted from rate-limit leases of 1 s
   (`INTERLOCK_ROUTER_RATELIMIT_LEASE_MS=1000`: blocks of hits the rate-limiter grants, limits
   stay exact), reservations come from budget leases of $0.05
-  (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`) and commits follow the answer
+  (`INTERLOCK_ROUTER_BUDGET_LEASE_USD`; topped up in the background once half spent, kept
+  through 30 s without calls) and commits follow the answer
   (`INTERLOCK_ROUTER_COMMIT_AFTER_ANSWER=true`, batched; the lease holds each call's worst
   case until its commit lands); all three are off by default. gRPC core runs with its
   EventEngine off for listener, channels and endpoints (`GRPC_EXPERIMENTS`, the services'
