@@ -6,9 +6,10 @@ leased never exceeds what remains. The router reserves a call's worst case again
 lease in memory (no round trip), commits the actual cost with the lease's id, and gives
 back what it does not use: when a call does not fit, when the lease goes idle, and before
 the lease expires. A lease that has spent half of its slice is topped up in the background
-while calls go on reserving what it still holds, so under steady load no call waits for the
-budget service. A call that does not fit a lease after one attempt to grow it falls back to
-an exact reservation of its own, so a nearly spent budget is still used up.
+while calls go on reserving what it still holds: under steady load no call waits for the
+budget service as long as half a slice lasts longer than the top-up's round trip. A call
+that does not fit a lease after one attempt to grow it falls back to an exact reservation of
+its own, so a nearly spent budget is still used up.
 """
 
 from __future__ import annotations
