@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .gateways import LITELLM_MASTER_KEY, InterlockGateway, LiteLLMProxy, NginxUpstream
+from .gateways import GATEWAY_CPU, LITELLM_MASTER_KEY, InterlockGateway, LiteLLMProxy, NginxUpstream
 from .load import Endpoint, run_ghz, run_once, run_vegeta
 from .procstat import ProcessGroup
 from .report import DEFAULT_RATES_TEXT, render_table, target_verdicts, write_docs, write_plot
@@ -281,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "min_calls": args.min_calls,
         "rounds": args.rounds,
+        "gateway_cpu": GATEWAY_CPU,
         **meta,
         "idle_cores": round(idle, 3),
         "overloaded_at": overloaded,

@@ -31,6 +31,10 @@ LITELLM_MASTER_KEY = "sk-interlock-bench"
 PROJECT = "bench"
 BUDGET_USD = "1000000"
 """Big enough that the budget check runs on every call and never refuses one."""
+GATEWAY_CPU = str(max(os.sched_getaffinity(0)))
+"""The CPU each gateway's serving process is bound to (the last this process may use):
+Interlock's router (`INTERLOCK_ROUTER_CPUS`) and LiteLLM's proxy alike. The load
+generators, nginx and Interlock's other services go where the kernel puts them."""
 
 
 class NginxUpstream(ManagedProcess):
@@ -68,11 +72,15 @@ class LiteLLMProxy(ManagedProcess):
 
     name = "litellm"
 
-    def __init__(self, data_dir: Path, executable: Path, upstream_url: str, workers: int = 1) -> None:
+    def __init__(
+        self, data_dir: Path, executable: Path, upstream_url: str, workers: int = 1, cpus: str = GATEWAY_CPU
+    ) -> None:
+        """`cpus`: the CPU list (as `taskset -c` takes it) the proxy is bound to; empty: unbound."""
         super().__init__(data_dir, startup_timeout=180.0)
         self.executable = executable
         self.upstream_url = upstream_url
         self.workers = workers
+        self.cpus = cpus
         self.port = free_port()
 
     @property
@@ -92,7 +100,10 @@ class LiteLLMProxy(ManagedProcess):
         os.environ.setdefault("LITELLM_LOG", "ERROR")
 
     def _command(self) -> Sequence[str]:
+        # Bound as the router is (GATEWAY_CPU), by util-linux's taskset, which execs the proxy.
+        bind = ["taskset", "-c", self.cpus] if self.cpus else []
         return [
+            *bind,
             str(self.executable),
             "--config",
             str(self.data_dir / "litellm.yaml"),
@@ -168,6 +179,9 @@ BENCH_ENV = {
     "INTERLOCK_TRACEINGEST_NICE": "10",
     "INTERLOCK_BUDGET_CPU_POLICY": "idle",
     "INTERLOCK_TRACEINGEST_CPU_POLICY": "idle",
+    # The router's threads on one CPU: gRPC core's poller and the event loop hand each gRPC
+    # call back and forth without waking the other CPU (interlock._server.set_cpu_affinity).
+    "INTERLOCK_ROUTER_CPUS": GATEWAY_CPU,
     # 1% of traces, as a deployment at hundreds of calls a second would sample; usage events
     # (the accounting path) are written for every call regardless.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",

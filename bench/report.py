@@ -218,6 +218,19 @@ def min_calls_text(results: dict[str, Any]) -> str:
     return f" or, at low rates, as long as {min_calls} calls take (at 10/s, {min_calls / 10:g} s)"
 
 
+def binding_text(results: dict[str, Any]) -> str:
+    """How the gateways' serving processes were bound to a CPU, for runs that recorded it."""
+    cpu = results.get("gateway_cpu")
+    if not cpu:
+        return ""
+    return (
+        f"\n  The router's threads are bound to CPU {cpu} (`INTERLOCK_ROUTER_CPUS={cpu}`; default unbound), so"
+        "\n  gRPC core's poller and the event loop hand a call to each other without waking the other"
+        f"\n  CPU; LiteLLM's proxy is bound to the same CPU (`taskset -c {cpu}`). The other services,"
+        "\n  nginx and the load generators go where the kernel puts them."
+    )
+
+
 def render_section(results: dict[str, Any], rows: list[PathAtRate], plot: Path, docs: Path) -> str:
     v, m = results["versions"], results["machine"]
     rounds = f"{results['rounds']} round" + ("s" if results["rounds"] != 1 else "")
@@ -251,7 +264,7 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   services share. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
   event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
-  `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.
+  `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.{binding_text(results)}
 - LiteLLM {v["litellm"]} (`litellm[proxy]` in its own venv; the newest release whose `proxy` extra
   installs from PyPI here, later ones pin packages that are not published): one worker, no
   database, master key on (`bench/litellm.yaml`); without a database it does no per-key budget

@@ -87,6 +87,12 @@ class RouterSettings:
     nice: int = 0
     """Scheduling niceness (-20 to 19) the process sets at start; 0 leaves it alone. On a host
     shared with the router, a higher one than the router's lets calls take the CPU first."""
+    cpus: str = ""
+    """CPUs the router's threads are bound to, in Linux's list format (`1`, `0-3`, `0,2-3`);
+    empty, the default, leaves placement to the kernel. One CPU keeps gRPC core's poller and
+    the event loop on the same CPU, so the hand-offs of each gRPC call between them need no
+    idle CPU woken (interlock._server.set_cpu_affinity); give CPUs the router does not share
+    with much else."""
     grace_s: float = 30.0
     """Time in-flight calls (streams too) get to finish after SIGTERM."""
     redact_patterns: str = ""

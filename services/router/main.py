@@ -9,7 +9,7 @@ import random
 import time
 
 from interlock._http import EmbeddedHttpServer
-from interlock._server import GrpcService, run_event_loop, set_cpu_priority
+from interlock._server import GrpcService, run_event_loop, set_cpu_affinity, set_cpu_priority
 from interlock._telemetry import setup_logging, setup_tracing
 from interlock.pricing import NANOS_PER_USD
 from interlock.router.v1 import router_pb2
@@ -112,6 +112,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
 def main() -> None:
     settings = config.load()
     set_cpu_priority(settings.nice, "INTERLOCK_ROUTER_NICE")
+    set_cpu_affinity(settings.cpus, "INTERLOCK_ROUTER_CPUS")
     setup_logging("router", settings.log_level)
     # The mesh clients trace their own calls (no interceptors on the hot path).
     provider = setup_tracing("router", settings.otlp_endpoint or None, instrument_grpc_clients=False)

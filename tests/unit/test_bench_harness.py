@@ -144,3 +144,17 @@ def test_rounds_at_low_rates_last_long_enough_for_the_minimum_of_calls() -> None
     assert round_seconds(25, 10, 300) == 12
     assert round_seconds(100, 10, 300) == 10  # --seconds already gives 1,000 calls
     assert round_seconds(10, 10, 0) == 10
+
+
+def test_both_gateways_serve_from_the_same_single_cpu(tmp_path: Path) -> None:
+    """The bench binds Interlock's router and LiteLLM's proxy alike: one CPU, the same one."""
+    import os
+
+    from bench.gateways import BENCH_ENV, LiteLLMProxy
+
+    cpu = BENCH_ENV["INTERLOCK_ROUTER_CPUS"]
+    assert int(cpu) in os.sched_getaffinity(0)
+    command = LiteLLMProxy(tmp_path, tmp_path / "litellm", "http://127.0.0.1:1")._command()
+    assert list(command[:4]) == ["taskset", "-c", cpu, str(tmp_path / "litellm")]
+    unbound = LiteLLMProxy(tmp_path, tmp_path / "litellm", "http://127.0.0.1:1", cpus="")._command()
+    assert unbound[0] == str(tmp_path / "litellm")

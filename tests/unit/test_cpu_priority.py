@@ -1,6 +1,7 @@
 """A service's `INTERLOCK_<SERVICE>_NICE`: the process, and every thread it starts (gRPC,
 the ledger's, the span exporter's), runs at that niceness; a value out of range fails the
-start with the variable's name."""
+start with the variable's name. The CPU policy likewise, and the router's
+`INTERLOCK_ROUTER_CPUS`: every thread bound to the CPUs listed."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from interlock._server import parse_cpu_list, set_cpu_affinity
+from interlock._settings import SettingsError
 from interlock.devservers import free_port
 from interlock.mesh import health_status
+
+ALLOWED_AT_IMPORT = frozenset(os.sched_getaffinity(0))
 
 
 def thread_niceness(pid: int) -> dict[str, int]:
@@ -99,3 +106,58 @@ def test_an_unknown_cpu_policy_fails_the_start_naming_the_setting() -> None:
     )
     assert done.returncode != 0
     assert b"INTERLOCK_TRACEINGEST_CPU_POLICY='lazy': not one of normal, idle" in done.stderr
+
+
+def thread_cpus(pid: int) -> dict[str, frozenset[int]]:
+    """Thread name -> the CPUs it may run on."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        out[f"{name}/{task.name}"] = frozenset(os.sched_getaffinity(int(task.name)))
+    return out
+
+
+def test_cpu_lists_read_as_taskset_writes_them() -> None:
+    assert parse_cpu_list("1", "X") == {1}
+    assert parse_cpu_list("0-3", "X") == {0, 1, 2, 3}
+    assert parse_cpu_list("0, 2-3,5", "X") == {0, 2, 3, 5}
+    for bad in ("", "one", "3-1", "-1", "1-", "0,,1"):
+        with pytest.raises(SettingsError, match=r"X=.*not a CPU list"):
+            parse_cpu_list(bad, "X")
+
+
+def test_cpus_outside_the_allowed_set_fail_naming_the_setting() -> None:
+    outside = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(SettingsError, match=rf"INTERLOCK_ROUTER_CPUS='{outside}': CPU {outside} not among"):
+        set_cpu_affinity(str(outside), "INTERLOCK_ROUTER_CPUS")
+
+
+def test_the_router_and_every_thread_it_starts_run_on_the_cpus_set(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    port = free_port()
+    env = {
+        **os.environ,
+        "INTERLOCK_ROUTER_PORT": str(port),
+        "INTERLOCK_ROUTER_HTTP_PORT": str(free_port()),
+        "INTERLOCK_ROUTER_CPUS": str(cpu),
+    }
+    with open(tmp_path / "router.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "interlock.services.router"], env=env, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
+            assert proc.poll() is None, (tmp_path / "router.log").read_text()
+            assert time.monotonic() < deadline, "router not serving after 60 s"
+            time.sleep(0.1)
+        cpus = thread_cpus(proc.pid)
+        assert len(cpus) > 3  # gRPC core's threads too, not only the main one
+        assert set(cpus.values()) == {frozenset({cpu})}, cpus
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_without_the_setting_the_router_keeps_every_cpu_it_was_given(tmp_path: Path) -> None:
+    set_cpu_affinity("", "INTERLOCK_ROUTER_CPUS")  # empty: nothing changes
+    assert os.sched_getaffinity(0) == ALLOWED_AT_IMPORT
