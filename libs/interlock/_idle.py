@@ -34,13 +34,18 @@ log = logging.getLogger("interlock.cpu")
 CPU_POLICIES = ("normal", "idle")
 
 
-def set_thread_policies(policy: int) -> None:
-    """Put every thread of this process under `policy` (os.SCHED_IDLE or os.SCHED_OTHER)."""
+def for_each_thread(apply: Callable[[int], None]) -> None:
+    """Call `apply` with the id of every thread of this process (one that ends meanwhile is skipped)."""
     for name in os.listdir("/proc/self/task"):
         try:
-            os.sched_setscheduler(int(name), policy, os.sched_param(0))
+            apply(int(name))
         except ProcessLookupError:  # the thread ended meanwhile
             continue
+
+
+def set_thread_policies(policy: int) -> None:
+    """Put every thread of this process under `policy` (os.SCHED_IDLE or os.SCHED_OTHER)."""
+    for_each_thread(lambda tid: os.sched_setscheduler(tid, policy, os.sched_param(0)))
 
 
 def can_leave_idle() -> bool:

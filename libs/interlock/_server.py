@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from interlock._idle import installed_guard
+from interlock._idle import for_each_thread, installed_guard
 from interlock._rpc_tracing import record_server_code, server_span
 from interlock._settings import SettingsError
 from interlock._wire import parse_request
@@ -118,11 +118,7 @@ def set_cpu_affinity(cpus: str, setting: str) -> None:
             f"{setting}={cpus!r}: CPU {outside} not among this process's allowed CPUs "
             f"({','.join(str(cpu) for cpu in sorted(allowed))})"
         )
-    for name in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(name), wanted)
-        except ProcessLookupError:  # the thread ended meanwhile
-            continue
+    for_each_thread(lambda tid: os.sched_setaffinity(tid, wanted))
 
 
 GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints,-event_engine_client"

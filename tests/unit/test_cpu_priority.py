@@ -110,12 +110,7 @@ def test_an_unknown_cpu_policy_fails_the_start_naming_the_setting() -> None:
 
 def thread_cpus(pid: int) -> dict[str, frozenset[int]]:
     """Thread name -> the CPUs it may run on."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        out[f"{name}/{task.name}"] = frozenset(os.sched_getaffinity(int(task.name)))
-    return out
+    return {name: frozenset(os.sched_getaffinity(int(name.rpartition("/")[2]))) for name in thread_niceness(pid)}
 
 
 def test_cpu_lists_read_as_taskset_writes_them() -> None:
