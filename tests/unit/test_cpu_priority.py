@@ -9,16 +9,14 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving import serving
 
 from interlock._server import parse_cpu_list, set_cpu_affinity
 from interlock._settings import SettingsError
 from interlock.devservers import free_port
-from interlock.mesh import health_status
 
 ALLOWED_AT_IMPORT = frozenset(os.sched_getaffinity(0))
 
@@ -34,29 +32,14 @@ def thread_niceness(pid: int) -> dict[str, int]:
     return out
 
 
-@contextlib.contextmanager
-def serving_budget(tmp_path: Path, settings: dict[str, str]) -> Iterator[int]:
+def serving_budget(tmp_path: Path, settings: dict[str, str]) -> contextlib.AbstractContextManager[int]:
     """A budget service process with `settings`, yielded (its pid) once it serves."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "INTERLOCK_BUDGET_PORT": str(port),
+    spools = {
         "INTERLOCK_BUDGET_DB_PATH": str(tmp_path / "ledger.db"),
         "INTERLOCK_BUDGET_SPOOL_PATH": str(tmp_path / "usage.db"),
         "INTERLOCK_BUDGET_ALERTS_SPOOL_PATH": str(tmp_path / "alerts.db"),
-        **settings,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "interlock.services.budget"], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "budget service not serving after 60 s"
-            time.sleep(0.1)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return serving("budget", {**spools, **settings}, tmp_path / "budget.log")
 
 
 def test_the_budget_service_and_all_its_threads_run_at_the_niceness_set(tmp_path: Path) -> None:
@@ -130,27 +113,10 @@ def test_cpus_outside_the_allowed_set_fail_naming_the_setting() -> None:
 
 def test_the_router_and_every_thread_it_starts_run_on_the_cpus_set(tmp_path: Path) -> None:
     cpu = max(os.sched_getaffinity(0))
-    port = free_port()
-    env = {
-        **os.environ,
-        "INTERLOCK_ROUTER_PORT": str(port),
-        "INTERLOCK_ROUTER_HTTP_PORT": str(free_port()),
-        "INTERLOCK_ROUTER_CPUS": str(cpu),
-    }
-    with open(tmp_path / "router.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "interlock.services.router"], env=env, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while health_status(f"127.0.0.1:{port}", 0.5) != "SERVING":
-            assert proc.poll() is None, (tmp_path / "router.log").read_text()
-            assert time.monotonic() < deadline, "router not serving after 60 s"
-            time.sleep(0.1)
-        cpus = thread_cpus(proc.pid)
+    with serving("router", {"INTERLOCK_ROUTER_CPUS": str(cpu)}, tmp_path / "router.log") as pid:
+        cpus = thread_cpus(pid)
         assert len(cpus) > 3  # gRPC core's threads too, not only the main one
         assert set(cpus.values()) == {frozenset({cpu})}, cpus
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_without_the_setting_the_router_keeps_every_cpu_it_was_given(tmp_path: Path) -> None:

@@ -1,15 +1,18 @@
 """The router's hot-path shortcuts keep their results: token corrections sent in the
 background still land (and close waits for them), cached prompt-token counts equal fresh
-ones, and orjson-backed JSON reads and writes what the standard module did."""
+ones, the tokenizer is loaded before the router serves (not in its first call), and
+orjson-backed JSON reads and writes what the standard module did."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+from pathlib import Path
 
 import pytest
 from router_calls import CALLER, chat_call
+from serving import serving
 
 from interlock import _json
 from interlock.ratelimit.v1 import ratelimit_pb2
@@ -94,3 +97,22 @@ def test_json_reads_what_only_the_standard_module_accepts() -> None:
     assert math.isnan(_json.loads(b'{"x": NaN}')["x"])
     with pytest.raises(ValueError):
         _json.loads(b"{not json")
+
+
+def test_the_router_loads_the_tokenizer_before_it_serves(tmp_path: Path) -> None:
+    # Loading cl100k's vocabulary takes ~0.1 s; in the first call's path it was that call's wait.
+    log_path = tmp_path / "router.log"
+    with serving("router", {}, log_path):
+        entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    messages = [e["msg"] for e in entries]
+    assert "prompt tokens estimated" in messages, messages
+    assert messages.index("prompt tokens estimated") < messages.index("serving"), messages
+    assert entries[messages.index("prompt tokens estimated")]["by"] == "cl100k"
+
+
+def test_loading_the_tokenizer_twice_loads_it_once() -> None:
+    prompt_tokens._cl100k_encode.cache_clear()
+    assert prompt_tokens.load_tokenizer()
+    assert prompt_tokens.load_tokenizer()
+    info = prompt_tokens._cl100k_encode.cache_info()
+    assert (info.misses, info.hits) == (1, 1)

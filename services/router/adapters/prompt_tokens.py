@@ -71,6 +71,14 @@ def _count(text: str) -> int:
     return len(encode(text))
 
 
+def load_tokenizer() -> bool:
+    """Load the tokenizer now (about 0.1 s of CPU) rather than in the first call's path.
+
+    True when prompts are counted by cl100k, False when by the byte bound.
+    """
+    return _cl100k_encode() is not None
+
+
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     """Prompt tokens of a chat call, by cl100k when available, else an upper bound."""
     if _cl100k_encode() is None:
