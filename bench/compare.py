@@ -39,7 +39,7 @@ from .load import Endpoint, run_ghz, run_once, run_vegeta
 from .procstat import ProcessGroup
 from .report import DEFAULT_RATES_TEXT, render_table, target_verdicts, write_docs, write_plot
 from .stats import PathAtRate, Round, add_baseline, highest_sustained, merge, percentile
-from .tools import ROOT, Tools, find_tools, machine, versions
+from .tools import ROOT, Tools, find_tools, machine, stop_on_sigterm, versions
 
 ALL_PATHS = (
     "direct",
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-docs", action="store_true", help="leave the doc and the plot alone")
     parser.add_argument("--from-json", type=Path, help="no run: redo table, doc section and plot from a results file")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     if args.from_json:
         results = json.loads(args.from_json.read_text())
         rows = [PathAtRate(**r) for r in results["rows"]]

@@ -42,7 +42,7 @@ from interlock.devservers import free_port
 from .gateways import NginxUpstream
 from .load import Endpoint, http_body, run_once
 from .stats import percentile
-from .tools import find_tools
+from .tools import find_tools, stop_on_sigterm
 
 _PATH = "/unary/v1/chat/completions"
 _MODEL = "gpt-4o-mini"
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per path and rate (3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     tools = find_tools(need_litellm=False)
     work = Path(tempfile.mkdtemp(prefix="interlock-bench-floor-"))

@@ -34,7 +34,7 @@ from .compare import ALL_PATHS, endpoints
 from .gateways import InterlockGateway, NginxUpstream
 from .load import RunResult, run_once
 from .stats import percentile
-from .tools import commit, find_tools
+from .tools import commit, find_tools, stop_on_sigterm
 
 
 @dataclass
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     try:
         variants = [(text, parse_variant(text)) for text in (args.variant or [""])]
     except ValueError as exc:

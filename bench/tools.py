@@ -1,4 +1,5 @@
-"""Where the bench's tools live (installed by bench/deps.sh under $INTERLOCK_CACHE) and their versions."""
+"""Where the bench's tools live (installed by bench/deps.sh under $INTERLOCK_CACHE) and their versions,
+and how a bench run ends when it is told to stop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +15,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository."""
+
+
+def stop_on_sigterm() -> None:
+    """End the run on SIGTERM as on Ctrl-C: its `finally` blocks stop the gateways, nginx and
+    load generators it started. (Python's default for SIGTERM ends the process without them,
+    leaving those serving; a CI timeout or `kill` sends SIGTERM.) Exit status 143, as a shell
+    reports a process ended by SIGTERM."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 class MissingToolError(RuntimeError):

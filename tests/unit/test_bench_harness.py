@@ -3,7 +3,11 @@ and its statistics and verdicts say what docs/BENCHMARKS.md claims they say."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +162,62 @@ def test_both_gateways_serve_from_the_same_single_cpu(tmp_path: Path) -> None:
     assert list(command[:4]) == ["taskset", "-c", cpu, str(tmp_path / "litellm")]
     unbound = LiteLLMProxy(tmp_path, tmp_path / "litellm", "http://127.0.0.1:1", cpus="")._command()
     assert unbound[0] == str(tmp_path / "litellm")
+
+
+def test_sigterm_ends_a_bench_run_through_its_cleanup() -> None:
+    # A run killed by SIGTERM (a CI timeout, `kill`) must still stop the processes it started.
+    script = (
+        "import sys, time\n"
+        "from bench.tools import stop_on_sigterm\n"
+        "stop_on_sigterm()\n"
+        "try:\n"
+        "    print('running', flush=True)\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        "    print('stopped what it started', flush=True)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "running"
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert rest.strip() == "stopped what it started"
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+class _Started(Exception):
+    """Raised where a bench command would start its first process."""
+
+
+@pytest.mark.parametrize(
+    ("module", "first_step", "argv"),
+    [
+        ("bench.compare", "run", ["--no-docs"]),
+        ("bench.soak", "run", ["--no-docs"]),
+        ("bench.probe", "find_tools", []),
+        ("bench.floor", "find_tools", []),
+    ],
+)
+def test_every_bench_command_ends_on_sigterm_through_its_cleanup(
+    module: str, first_step: str, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    def started(*_: object, **__: object) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise _Started
+
+    monkeypatch.setattr(f"{module}.{first_step}", started)
+    try:
+        with pytest.raises(_Started):
+            importlib.import_module(module).main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert seen and seen[0] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    handler = seen[0]
+    assert callable(handler)
+    with pytest.raises(SystemExit) as stopped:
+        handler(signal.SIGTERM, None)
+    assert stopped.value.code == 128 + signal.SIGTERM
