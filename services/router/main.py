@@ -84,7 +84,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
     async def start() -> None:
         nonlocal watcher
         # Before serving: the first call would otherwise wait ~0.1 s for the vocabulary.
-        by = "cl100k" if await asyncio.to_thread(load_tokenizer) else "UTF-8 byte bound"
+        by = "cl100k" if load_tokenizer() else "UTF-8 byte bound"
         log.info("prompt tokens estimated", extra={"fields": {"by": by}})
         watcher = asyncio.create_task(live.watch(settings.reload_interval_s), name="routing-watch")
         shedder.start()
