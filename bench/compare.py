@@ -34,7 +34,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .gateways import GATEWAY_CPU, LITELLM_MASTER_KEY, InterlockGateway, LiteLLMProxy, NginxUpstream
+from .gateways import (
+    BENCH_ENV,
+    GATEWAY_CPU,
+    LITELLM_MASTER_KEY,
+    LOOP_GRPC_PORT,
+    InterlockGateway,
+    LiteLLMProxy,
+    NginxUpstream,
+)
 from .load import Endpoint, run_ghz, run_once, run_vegeta
 from .procstat import ProcessGroup
 from .report import DEFAULT_RATES_TEXT, render_table, target_verdicts, write_docs, write_plot
@@ -282,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "min_calls": args.min_calls,
         "rounds": args.rounds,
         "gateway_cpu": GATEWAY_CPU,
+        "grpc_transport": "loop" if int(BENCH_ENV.get(LOOP_GRPC_PORT, "-1")) >= 0 else "grpc.aio",
         **meta,
         "idle_cores": round(idle, 3),
         "overloaded_at": overloaded,

@@ -11,8 +11,10 @@ runs the same ASGI app on uvicorn's httptools server (what the facade ran on bef
 bare grpc.aio server set up as the services' (`interlock._server`: gRPC core's experiments,
 `SERVER_OPTIONS`): it leaves the request unread, sends nginx the same OpenAI body the HTTP
 paths send, and answers with an empty `ChatResponse`, which is what the Python gRPC
-transport costs a gateway before it does any work. Then, at each rate, vegeta (ghz for the
-gRPC proxy, with the request `make bench` sends) drives nginx directly and through every
+transport costs a gateway before it does any work. A fifth does the same on a minimal gRPC
+server that parses HTTP/2 on the event loop itself (`bench.grpc_loop`), without grpc.aio's
+hand-offs between gRPC core's poller thread and the loop. Then, at each rate, vegeta (ghz for
+the gRPC proxies, with the request `make bench` sends) drives nginx directly and through every
 proxy in alternating rounds, and the report gives the added latency percentiles as
 `make bench` does (a path's percentile minus the direct path's).
 
@@ -46,7 +48,15 @@ from .tools import find_tools, stop_on_sigterm
 
 _PATH = "/unary/v1/chat/completions"
 _MODEL = "gpt-4o-mini"
-_PROXIES = {"floor": "", "floor_asgi": "_asgi", "floor_uvicorn": "_uvicorn", "floor_grpc": "_grpc"}
+_PROXIES = {
+    "floor": "",
+    "floor_asgi": "_asgi",
+    "floor_uvicorn": "_uvicorn",
+    "floor_grpc": "_grpc",
+    "floor_grpc_loop": "_grpc_loop",
+}
+_GRPC_PROXIES = ("floor_grpc", "floor_grpc_loop")
+_CHAT_PATH = "/interlock.router.v1.RouterService/Chat"
 """Each proxy path and the suffix of its `added*` figures in the results."""
 
 
@@ -183,6 +193,35 @@ def _serve_grpc(port: int, upstream_url: str) -> None:
     uvloop.run(main())
 
 
+def _serve_grpc_loop(port: int, upstream_url: str) -> None:
+    """The same forwarding as `_serve_grpc`'s behind `bench.grpc_loop`'s server, which parses
+    HTTP/2 on the event loop (runs until killed)."""
+    import uvloop
+
+    from interlock.services.router.adapters.http_pool import HttpPool
+
+    from .grpc_loop import serve
+
+    body = json.dumps(http_body(_MODEL, False)).encode()
+
+    async def main() -> None:
+        pool = HttpPool(upstream_url, max_connections=256, connect_timeout_s=5.0)
+
+        async def chat(request: bytes) -> bytes:
+            response = await pool.request("POST", _PATH, {"content-type": "application/json"}, body)
+            try:
+                await response.read()
+            finally:
+                response.release()
+            return b""  # an empty ChatResponse
+
+        server = await serve("127.0.0.1", port, {_CHAT_PATH: chat})
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
 def _wait_listening(port: int, proxy: multiprocessing.process.BaseProcess) -> None:
     deadline = time.monotonic() + 20
     while True:
@@ -220,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             target=_serve_asgi, args=(ports["floor_uvicorn"], upstream.url, "uvicorn"), daemon=True
         ),
         "floor_grpc": spawn.Process(target=_serve_grpc, args=(ports["floor_grpc"], upstream.url), daemon=True),
+        "floor_grpc_loop": spawn.Process(
+            target=_serve_grpc_loop, args=(ports["floor_grpc_loop"], upstream.url), daemon=True
+        ),
     }
     for process in proxies.values():
         process.start()
@@ -233,16 +275,19 @@ def main(argv: list[str] | None = None) -> int:
             *(
                 Endpoint(name, "floor", False, "direct", url=f"http://127.0.0.1:{ports[name]}/", model=_MODEL)
                 for name in _PROXIES
-                if name != "floor_grpc"
+                if name not in _GRPC_PROXIES
             ),
-            Endpoint(
-                "floor_grpc",
-                "floor",
-                False,
-                "direct",
-                grpc_target=f"127.0.0.1:{ports['floor_grpc']}",
-                headers={"authorization": "Bearer floor"},
-                model=_MODEL,
+            *(
+                Endpoint(
+                    name,
+                    "floor",
+                    False,
+                    "direct",
+                    grpc_target=f"127.0.0.1:{ports[name]}",
+                    headers={"authorization": "Bearer floor"},
+                    model=_MODEL,
+                )
+                for name in _GRPC_PROXIES
             ),
         )
         for endpoint in paths:
@@ -276,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             "| rate | direct p50 / p99 ms | added p50 / p90 / p99 ms: httptools proxy "
-            "| behind the facade's HTTP server | behind uvicorn | behind grpc.aio (ghz) | errors |"
+            "| behind the facade's HTTP server | behind uvicorn | behind grpc.aio (ghz) "
+            "| behind bench.grpc_loop (ghz) | errors |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             added = " | ".join(
                 f"{r[f'added{s}_p50_ms']:.2f} / {r[f'added{s}_p90_ms']:.2f} / {r[f'added{s}_p99_ms']:.2f}"

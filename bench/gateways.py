@@ -182,12 +182,18 @@ BENCH_ENV = {
     # The router's threads on one CPU: gRPC core's poller and the event loop hand each gRPC
     # call back and forth without waking the other CPU (interlock._server.set_cpu_affinity).
     "INTERLOCK_ROUTER_CPUS": GATEWAY_CPU,
+    # gRPC calls go to the router's event-loop transport (a second port, chosen free by
+    # InterlockGateway): no hand-offs between gRPC core's poller thread and the event loop.
+    "INTERLOCK_ROUTER_LOOP_GRPC_PORT": "0",
     # 1% of traces, as a deployment at hundreds of calls a second would sample; usage events
     # (the accounting path) are written for every call regardless.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.01",
 }
 """Environment of the benchmarked mesh's services (docs/BENCHMARKS.md states it)."""
+
+
+LOOP_GRPC_PORT = "INTERLOCK_ROUTER_LOOP_GRPC_PORT"
 
 
 class InterlockGateway:
@@ -200,6 +206,12 @@ class InterlockGateway:
         data = Path(self._tmp.name)
         (data / "routing.yaml").write_text(routing_yaml(upstream_url))
         (data / "limits.yaml").write_text(LIMITS_YAML)
+        extra_env = {**BENCH_ENV, **(env or {})}
+        # The router's event-loop gRPC port, when on, is the one ghz calls (on a free port).
+        self.loop_grpc_port = 0
+        if int(extra_env.get(LOOP_GRPC_PORT, "-1")) >= 0:
+            self.loop_grpc_port = free_port()
+            extra_env[LOOP_GRPC_PORT] = str(self.loop_grpc_port)
         self.cfg = MeshConfig(
             data_dir=data,
             router_port=free_port(),
@@ -210,7 +222,7 @@ class InterlockGateway:
             routing_path=str(data / "routing.yaml"),
             limits_path=str(data / "limits.yaml"),
             fake_provider=False,
-            extra_env={**BENCH_ENV, **(env or {})},
+            extra_env=extra_env,
             python=python,
         )
         self.mesh = Mesh(self.cfg)
@@ -218,6 +230,8 @@ class InterlockGateway:
 
     @property
     def grpc_target(self) -> str:
+        if self.loop_grpc_port:
+            return f"{self.cfg.host}:{self.loop_grpc_port}"
         return self.cfg.target("router")
 
     @property

@@ -231,6 +231,17 @@ def binding_text(results: dict[str, Any]) -> str:
     )
 
 
+def transport_text(results: dict[str, Any]) -> str:
+    """Which of the router's gRPC ports ghz called, for runs that recorded it."""
+    if results.get("grpc_transport") != "loop":
+        return ""
+    return (
+        "\n  ghz calls the router's event-loop gRPC port (`INTERLOCK_ROUTER_LOOP_GRPC_PORT`; default off:"
+        "\n  a second port serving RouterService with HTTP/2 parsed on the event loop, `interlock._grpc_loop`,"
+        "\n  instead of grpc.aio's hand-offs between gRPC core's poller thread and the loop)."
+    )
+
+
 def render_section(results: dict[str, Any], rows: list[PathAtRate], plot: Path, docs: Path) -> str:
     v, m = results["versions"], results["machine"]
     rounds = f"{results['rounds']} round" + ("s" if results["rounds"] != 1 else "")
@@ -264,7 +275,7 @@ front of the same upstream, on one machine, in one invocation (`bench/compare.py
   services share. Every call's usage event is
   written and ingested; the router sheds load past 1,024 calls in flight or 100 ms of
   event-loop lag (its defaults); traces are sampled at 1% (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
-  `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.{binding_text(results)}
+  `OTEL_TRACES_SAMPLER_ARG=0.01`), as a deployment at these rates would.{binding_text(results)}{transport_text(results)}
 - LiteLLM {v["litellm"]} (`litellm[proxy]` in its own venv; the newest release whose `proxy` extra
   installs from PyPI here, later ones pin packages that are not published): one worker, no
   database, master key on (`bench/litellm.yaml`); without a database it does no per-key budget

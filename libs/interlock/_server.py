@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from interlock._grpc_loop import LoopGrpcServer
 from interlock._idle import for_each_thread, installed_guard
 from interlock._rpc_tracing import record_server_code, server_span
 from interlock._settings import SettingsError
@@ -245,6 +246,12 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
     Methods take the parsed request message and the context; unary ones return a message,
     server-streaming ones are async generators. Raising InterlockError sets the status.
     """
+    handlers = service_handlers(service, servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def service_handlers(service: ServiceDescriptor, servicer: object) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The kit's handler of every method of `service` (by method name), as `add_service` serves them."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         if method.client_streaming:
@@ -253,7 +260,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
         impl = getattr(servicer, method.name)
         make = _stream if method.server_streaming else _unary
         handlers[method.name] = make(method.full_name, cls, impl)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    return handlers
 
 
 @dataclass
@@ -275,7 +282,11 @@ class GrpcService:
     """Run after in-flight calls finished: close clients and stores."""
     grace_s: float = 10.0
     """How long in-flight calls may run after a stop signal."""
+    loop_port: int = -1
+    """A second port serving `services` (not health, reflection or `extra_registrations`) on
+    the event-loop transport, interlock._grpc_loop; 0 picks a free one, -1 (the default) none."""
     bound_port: int = field(default=0, init=False)
+    loop_bound_port: int = field(default=0, init=False)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set or SIGTERM/SIGINT arrives, then stop gracefully."""
@@ -302,6 +313,17 @@ class GrpcService:
         if self.bound_port == 0:
             raise RuntimeError(f"{self.name}: cannot listen on {self.host}:{self.port}")
         await server.start()
+        loop_server = None
+        if self.loop_port >= 0:
+            paths = {
+                _rpc_path(f"{descriptor.full_name}.{name}"): handler
+                for descriptor, servicer in self.services
+                for name, handler in service_handlers(descriptor, servicer).items()
+            }
+            loop_server = LoopGrpcServer(paths, MAX_MESSAGE_BYTES)
+            self.loop_bound_port = await loop_server.start(self.host, self.loop_port)
+            address = f"{self.host}:{self.loop_bound_port}"
+            log.info("serving on the event-loop transport", extra={"fields": {"address": address}})
         for name in ("", *(d.full_name for d, _ in self.services)):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         freeze_startup_heap(gen0_threshold)
@@ -316,7 +338,10 @@ class GrpcService:
                 idle_guard.stop()
             log.info("stopping", extra={"fields": {"grace_s": self.grace_s}})
             await health_servicer.enter_graceful_shutdown()
-            await asyncio.gather(server.stop(self.grace_s), *(hook() for hook in self.on_draining))
+            stopping = [server.stop(self.grace_s), *(hook() for hook in self.on_draining)]
+            if loop_server is not None:
+                stopping.append(loop_server.stop(self.grace_s))
+            await asyncio.gather(*stopping)
             for hook in self.on_stop:
                 try:
                     await hook()

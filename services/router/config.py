@@ -27,6 +27,11 @@ class RouterSettings:
     """Interface of the OpenAI/Anthropic-compatible HTTP facade."""
     http_port: int = 8080
     """Port of the HTTP facade; 0 picks a free one, -1 turns the facade off."""
+    loop_grpc_port: int = -1
+    """A second gRPC port serving RouterService on the event-loop transport
+    (interlock._grpc_loop: no hand-offs between gRPC core's poller thread and the event loop,
+    so less latency and CPU a call; no TLS, health or reflection there, which stay on `port`).
+    0 picks a free one; -1, the default, turns it off."""
     ratelimit_target: str = "127.0.0.1:50052"
     """Rate-limiter gRPC address."""
     ratelimit_fail_open: bool = True

@@ -109,6 +109,7 @@ async def serve(settings: config.RouterSettings, stop: asyncio.Event | None = No
         on_draining=[stop_facade],
         on_stop=[close],
         grace_s=settings.grace_s,
+        loop_port=settings.loop_grpc_port,
     )
     await service.run(stop)
 

@@ -164,6 +164,19 @@ def test_both_gateways_serve_from_the_same_single_cpu(tmp_path: Path) -> None:
     assert unbound[0] == str(tmp_path / "litellm")
 
 
+def test_ghz_calls_the_routers_event_loop_port_when_the_bench_turns_it_on() -> None:
+    from bench.gateways import LOOP_GRPC_PORT, InterlockGateway
+    from bench.report import transport_text
+
+    loop = InterlockGateway("http://127.0.0.1:1")
+    port = int(loop.cfg.extra_env[LOOP_GRPC_PORT])
+    assert port > 0 and loop.grpc_target == f"127.0.0.1:{port}" != loop.cfg.target("router")
+    aio = InterlockGateway("http://127.0.0.1:1", {LOOP_GRPC_PORT: "-1"})
+    assert aio.grpc_target == aio.cfg.target("router")
+    assert LOOP_GRPC_PORT in transport_text({"grpc_transport": "loop"})
+    assert transport_text({"grpc_transport": "grpc.aio"}) == transport_text({}) == ""
+
+
 def test_sigterm_ends_a_bench_run_through_its_cleanup() -> None:
     # A run killed by SIGTERM (a CI timeout, `kill`) must still stop the processes it started.
     script = (
