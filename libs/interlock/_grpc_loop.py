@@ -43,7 +43,7 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTIN
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
 _INITIAL_WINDOW_SIZE_SETTING, _MAX_FRAME_SIZE_SETTING = 0x4, 0x5
-_NO_ERROR, _PROTOCOL_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR = 0, 1, 7, 9
+_NO_ERROR, _PROTOCOL_ERROR, _FRAME_SIZE_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR = 0, 1, 6, 7, 9
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_MAX_FRAME = 16_384
@@ -299,7 +299,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
-        self._peer = f"ipv4:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        if isinstance(peer, tuple):  # as grpc.aio names peers
+            self._peer = f"ipv6:[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"ipv4:{peer[0]}:{peer[1]}"
         self._server._connections.add(self)
         settings = struct.pack(">HL", _INITIAL_WINDOW_SIZE_SETTING, _RECEIVE_WINDOW)
         window = struct.pack(">L", _RECEIVE_WINDOW - _DEFAULT_WINDOW)
@@ -329,6 +330,9 @@ class _Connection(asyncio.Protocol):
         while end - pos >= 9:
             high, low, kind, flags, stream_id = _FRAME_HEADER.unpack_from(buffer, pos)
             length = (high << 16) | low
+            if length > _DEFAULT_MAX_FRAME:  # past what this server's SETTINGS allow
+                self._fail(_FRAME_SIZE_ERROR)
+                return
             if end - pos - 9 < length:
                 break
             payload = buffer[pos + 9 : pos + 9 + length]

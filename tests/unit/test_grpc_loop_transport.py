@@ -144,6 +144,16 @@ async def test_a_unary_call_is_answered(served: tuple[GrpcService, _Servicer, as
 
 
 @PORTS
+async def test_a_request_and_answer_of_megabytes_cross_whole(
+    served: tuple[GrpcService, _Servicer, asyncio.Event], kind: str
+) -> None:
+    prompt = "".join(chr(ord("a") + i % 26) for i in range(3_000_000))  # hundreds of frames each way
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{_port(served[0], kind)}") as channel:
+        answer = await router_pb2_grpc.RouterServiceStub(channel).Chat(_request(prompt))
+    assert answer.text == prompt[::-1]
+
+
+@PORTS
 async def test_metadata_text_and_binary_reaches_the_handler(
     served: tuple[GrpcService, _Servicer, asyncio.Event], kind: str
 ) -> None:
