@@ -369,7 +369,8 @@ def writable_mounts(pod: Manifest, container: Manifest) -> set[str]:
 @pytest.mark.parametrize(("cid", "deployment", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_container_probes_its_port(cid: str, deployment: Manifest, container: Manifest) -> None:
     assert container["image"] in skaffold_images(), f"{cid}: image {container['image']} is no skaffold artifact"
-    (port,) = container["ports"]
+    port, *others = container["ports"]  # the serving port first; the router adds its event-loop gRPC port
+    assert [p["name"] for p in others] in ([], ["grpc-loop"]), cid
     number = port["containerPort"]
     # Interlock services speak gRPC; only the fake provider is plain HTTP.
     assert port["name"] == ("http" if IMAGES[container["image"]] is None else "grpc"), cid
@@ -404,7 +405,7 @@ def test_env_names_are_settings_fields(cid: str, deployment: Manifest, container
 
 @pytest.mark.parametrize(("cid", "deployment", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_process_listens_where_kubernetes_looks(cid: str, deployment: Manifest, container: Manifest) -> None:
-    (port,) = container["ports"]
+    port, *others = container["ports"]
     if IMAGES[container["image"]] is None:
         args = container["args"]
         assert args[args.index("--host") + 1] == "0.0.0.0", cid
@@ -414,6 +415,8 @@ def test_process_listens_where_kubernetes_looks(cid: str, deployment: Manifest, 
     # Probes and Services reach the pod IP: loopback (the settings' default) would not do.
     assert settings.host == "0.0.0.0", cid
     assert settings.port == port["containerPort"], cid
+    for extra in others:  # the router's event-loop gRPC port, on the same host
+        assert getattr(settings, "loop_grpc_port", None) == extra["containerPort"], cid
 
 
 @pytest.mark.parametrize(("cid", "deployment", "container"), CONTAINERS, ids=CONTAINER_IDS)
@@ -459,6 +462,13 @@ def test_router_wiring_and_budget_ledger() -> None:
     assert settings.otlp_endpoint == "traceingest:50054"
     assert settings.fake_provider_url == "http://fakeprovider:8089/v1"
     assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+    # The event-loop gRPC port is on, named on the container and published by the Service.
+    container_ports = {
+        p["name"]: p["containerPort"] for p in router["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports["grpc-loop"] == settings.loop_grpc_port == 50055
+    service = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"] == "router")
+    assert {"name": "grpc-loop", "port": 50055, "targetPort": "grpc-loop"} in service["spec"]["ports"]
     (budget,) = (d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "budget")
     volumes = budget["spec"]["template"]["spec"]["volumes"]
     assert any("persistentVolumeClaim" in v for v in volumes)
@@ -509,10 +519,10 @@ def test_skaffold_renders_the_dev_overlay_and_uses_every_image() -> None:
     docs = render(paths)
     used = {c["image"] for d in of_kind(docs, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
     assert used == skaffold_images()
-    (forward,) = config["portForward"]
-    assert (forward["resourceType"], forward["resourceName"], forward["port"]) == ("service", "router", 50051)
+    forwards = [(f["resourceType"], f["resourceName"], f["port"], f["localPort"]) for f in config["portForward"]]
+    assert forwards == [("service", "router", 50051, 50051), ("service", "router", 50055, 50055)]
     router = next(d for d in of_kind(docs, "Service") if d["metadata"]["name"] == "router")
-    assert 50051 in {p["port"] for p in router["spec"]["ports"]}
+    assert {50051, 50055} <= {p["port"] for p in router["spec"]["ports"]}
 
 
 def test_dockerfile_builds_a_wheel_and_runs_as_the_pods_user() -> None:
