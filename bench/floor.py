@@ -11,9 +11,9 @@ runs the same ASGI app on uvicorn's httptools server (what the facade ran on bef
 bare grpc.aio server set up as the services' (`interlock._server`: gRPC core's experiments,
 `SERVER_OPTIONS`): it leaves the request unread, sends nginx the same OpenAI body the HTTP
 paths send, and answers with an empty `ChatResponse`, which is what the Python gRPC
-transport costs a gateway before it does any work. A fifth does the same on a minimal gRPC
-server that parses HTTP/2 on the event loop itself (`bench.grpc_loop`), without grpc.aio's
-hand-offs between gRPC core's poller thread and the loop. Then, at each rate, vegeta (ghz for
+transport costs a gateway before it does any work. A fifth does the same on the router's
+event-loop gRPC transport (`interlock._grpc_loop`, which parses HTTP/2 in the event loop),
+without grpc.aio's hand-offs between gRPC core's poller thread and the loop. Then, at each rate, vegeta (ghz for
 the gRPC proxies, with the request `make bench` sends) drives nginx directly and through every
 proxy in alternating rounds, and the report gives the added latency percentiles as
 `make bench` does (a path's percentile minus the direct path's).
@@ -159,13 +159,16 @@ def _serve_asgi(port: int, upstream_url: str, server: str = "interlock") -> None
     uvloop.run(main())
 
 
-def _serve_grpc(port: int, upstream_url: str) -> None:
-    """The same forwarding behind a bare grpc.aio server answering the router's `Chat` method
-    (runs until killed). gRPC core's experiments come from the environment (set by `main`)."""
+def _serve_grpc(port: int, upstream_url: str, transport: str = "grpc.aio") -> None:
+    """The same forwarding behind a bare gRPC server answering the router's `Chat` method
+    (runs until killed): grpc.aio set up as the services' (gRPC core's experiments come from
+    the environment, set by `main`), or (`transport="loop"`) the router's event-loop transport,
+    `interlock._grpc_loop`."""
     import grpc
     import uvloop
 
-    from interlock._server import SERVER_OPTIONS
+    from interlock._grpc_loop import LoopGrpcServer
+    from interlock._server import MAX_MESSAGE_BYTES, SERVER_OPTIONS
     from interlock.services.router.adapters.http_pool import HttpPool
 
     body = json.dumps(http_body(_MODEL, False)).encode()
@@ -181,43 +184,17 @@ def _serve_grpc(port: int, upstream_url: str) -> None:
                 response.release()
             return b""  # an empty ChatResponse
 
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(chat)
+        if transport == "loop":
+            await LoopGrpcServer({_CHAT_PATH: handler}, MAX_MESSAGE_BYTES).start("127.0.0.1", port)
+            await asyncio.Event().wait()
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {"Chat": grpc.unary_unary_rpc_method_handler(chat)}
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("interlock.router.v1.RouterService", handlers),)
+            (grpc.method_handlers_generic_handler("interlock.router.v1.RouterService", {"Chat": handler}),)
         )
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
-
-    uvloop.run(main())
-
-
-def _serve_grpc_loop(port: int, upstream_url: str) -> None:
-    """The same forwarding as `_serve_grpc`'s behind `bench.grpc_loop`'s server, which parses
-    HTTP/2 on the event loop (runs until killed)."""
-    import uvloop
-
-    from interlock.services.router.adapters.http_pool import HttpPool
-
-    from .grpc_loop import serve
-
-    body = json.dumps(http_body(_MODEL, False)).encode()
-
-    async def main() -> None:
-        pool = HttpPool(upstream_url, max_connections=256, connect_timeout_s=5.0)
-
-        async def chat(request: bytes) -> bytes:
-            response = await pool.request("POST", _PATH, {"content-type": "application/json"}, body)
-            try:
-                await response.read()
-            finally:
-                response.release()
-            return b""  # an empty ChatResponse
-
-        server = await serve("127.0.0.1", port, {_CHAT_PATH: chat})
-        async with server:
-            await server.serve_forever()
 
     uvloop.run(main())
 
@@ -260,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "floor_grpc": spawn.Process(target=_serve_grpc, args=(ports["floor_grpc"], upstream.url), daemon=True),
         "floor_grpc_loop": spawn.Process(
-            target=_serve_grpc_loop, args=(ports["floor_grpc_loop"], upstream.url), daemon=True
+            target=_serve_grpc, args=(ports["floor_grpc_loop"], upstream.url, "loop"), daemon=True
         ),
     }
     for process in proxies.values():
@@ -322,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "| rate | direct p50 / p99 ms | added p50 / p90 / p99 ms: httptools proxy "
             "| behind the facade's HTTP server | behind uvicorn | behind grpc.aio (ghz) "
-            "| behind bench.grpc_loop (ghz) | errors |"
+            "| behind the event-loop gRPC transport (ghz) | errors |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
