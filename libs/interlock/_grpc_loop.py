@@ -6,7 +6,8 @@ socket, and every hand-off is a wake-up of one thread by another. This server do
 HTTP/2 work in the event loop's own `data_received`: frames are parsed as they arrive (HPACK
 header blocks by `hpack`), the method runs when the request's last frame is in, and a unary
 answer leaves as one write of its headers, message and trailers. A call then costs the loop
-one wake-up for the request plus whatever its method waits on (docs/BENCHMARKS.md, round 16).
+one wake-up for the request plus whatever its method waits on (docs/BENCHMARKS.md, the
+floor; round 16 in docs/BENCHMARKS-history.md).
 
 It serves what the server kit (interlock._server) registers: unary and server-streaming
 methods taking and returning serialized messages, through the same handlers grpc.aio runs,
