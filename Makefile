@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export INTERLOCK_CACHE ?= $(HOME)/.cache/interlock
 export PIP_CACHE_DIR ?= $(INTERLOCK_CACHE)/pip
 
-.PHONY: install bench-install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-floor bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop clean
+.PHONY: install bench-install up test lint typecheck buf-lint buf-breaking bench bench-probe bench-floor bench-overhead soak bench-budget bench-ratelimit bench-ingest bench-fallback bench-grpc-hop bench-grpc-parse clean
 
 $(BIN)/interlock: pyproject.toml setup.py $(shell find protos -name '*.proto')
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -100,6 +100,10 @@ bench-fallback: install
 
 bench-grpc-hop: install
 	$(BIN)/python -m benchmarks.grpc_hop
+
+# The event-loop gRPC transport reading one request, and HPACK decoding (hpack's and ours).
+bench-grpc-parse: install
+	$(BIN)/python -m benchmarks.grpc_parse
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) var build *.egg-info

@@ -4,7 +4,7 @@ grpc.aio passes every event of a call (its arrival, its request message, each an
 its close) from gRPC core's completion-queue poller thread to the event loop through a
 socket, and every hand-off is a wake-up of one thread by another. This server does the
 HTTP/2 work in the event loop's own `data_received`: frames are parsed as they arrive (HPACK
-header blocks by `hpack`), the method runs when the request's last frame is in, and a unary
+header blocks by interlock._hpack), the method runs when the request's last frame is in, and a unary
 answer leaves as one write of its headers, message and trailers. A call then costs the loop
 one wake-up for the request plus whatever its method waits on (docs/BENCHMARKS.md, the
 floor; round 16 in docs/BENCHMARKS-history.md).
@@ -32,7 +32,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from typing import Any, NoReturn, cast
 
 import grpc
-from hpack import Decoder, HPACKError
+
+from interlock._hpack import HeaderBlockDecoder, HpackError
 
 log = logging.getLogger("interlock.grpc_loop")
 
@@ -284,7 +285,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._buffer = b""
         self._preface_seen = False
-        self._decoder = Decoder()
+        self._decoder = HeaderBlockDecoder()
         self._streams: dict[int, _Stream] = {}
         self._received = 0
         self._send_window = _DEFAULT_WINDOW
@@ -403,8 +404,8 @@ class _Connection(asyncio.Protocol):
     def _on_header_block(self, stream_id: int, stream: _Stream) -> None:
         metadata: list[tuple[str, str | bytes]] = []
         try:
-            fields = self._decoder.decode(stream.block, raw=True)
-        except HPACKError:
+            fields = self._decoder.decode(stream.block)
+        except HpackError:
             self._fail(_COMPRESSION_ERROR)
             return
         for name, value in fields:

@@ -12,8 +12,8 @@ header, nothing more.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -25,7 +25,9 @@ _tracer = trace.get_tracer("interlock.rpc")
 _CARRIER_KEYS = frozenset(("traceparent", "tracestate", "baggage"))
 
 
-def _attributes(path: str) -> dict[str, str]:
+@functools.cache
+def _attributes(path: str) -> Mapping[str, str]:
+    """A method's span attributes, built once (the spans copy what they keep)."""
     service, _, method = path.lstrip("/").rpartition("/")
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
@@ -38,15 +40,34 @@ def _record_code(span: Span, code: grpc.StatusCode, details: str = "") -> None:
         span.set_status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name)
 
 
-@contextlib.contextmanager
-def server_span(path: str, invocation_metadata: Any) -> Iterator[Span]:
+class ServerSpan:
     """The SERVER span of one call, current while the handler runs; parented by the caller's
-    `traceparent` when the metadata carries one. The caller records the outcome."""
-    carrier = {k: v for k, v in (invocation_metadata or ()) if k in _CARRIER_KEYS and isinstance(v, str)}
-    parent = propagate.extract(carrier) if carrier else otel_context.Context()
-    span = _tracer.start_span(path, context=parent, kind=SpanKind.SERVER, attributes=_attributes(path))
-    with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-        yield span
+    `traceparent` when the metadata carries one. The caller records the outcome.
+
+    A class rather than a generator context manager (and no `trace.use_span`, a second one):
+    the kit opens one for every call it serves, sampled or not."""
+
+    __slots__ = ("_metadata", "_path", "_span", "_token")
+
+    def __init__(self, path: str, invocation_metadata: Any) -> None:
+        self._path = path
+        self._metadata = invocation_metadata
+
+    def __enter__(self) -> Span:
+        carrier: dict[str, str] | None = None
+        for key, value in self._metadata or ():
+            if key in _CARRIER_KEYS and isinstance(value, str):
+                carrier = carrier or {}
+                carrier[key] = value
+        parent = propagate.extract(carrier) if carrier else otel_context.Context()
+        path = self._path
+        self._span = _tracer.start_span(path, context=parent, kind=SpanKind.SERVER, attributes=_attributes(path))
+        self._token = otel_context.attach(trace.set_span_in_context(self._span, parent))
+        return self._span
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self._token)
+        self._span.end()
 
 
 def record_server_code(span: Span, code: grpc.StatusCode, details: str = "") -> None:

@@ -27,10 +27,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry.trace import Span
 
 from interlock._grpc_loop import LoopGrpcServer
 from interlock._idle import for_each_thread, installed_guard
-from interlock._rpc_tracing import record_server_code, server_span
+from interlock._rpc_tracing import ServerSpan, record_server_code
 from interlock._settings import SettingsError
 from interlock._wire import parse_request
 from interlock.errors import ErrorCode, InterlockError, to_status
@@ -181,38 +182,38 @@ def _internal(method: str, exc: BaseException) -> InterlockError:
     return InterlockError("internal error", code=ErrorCode.INTERNAL)
 
 
-@contextlib.asynccontextmanager
-async def _served(method: str, path: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-    """One served call: its SERVER span, and every failure turned into its gRPC status."""
-    with server_span(path, context.invocation_metadata()) as span:
-        try:
-            yield
-        except InterlockError as exc:
-            record_server_code(span, exc.code.grpc_code, exc.message)
-            await abort_with(context, exc)
-            raise
-        except grpc.aio.AbortError:
-            record_server_code(span, _aborted_code(context))
-            raise
-        except asyncio.CancelledError:
-            record_server_code(span, grpc.StatusCode.CANCELLED)
-            if not context.cancelled():
-                # Not the caller's doing (it hung up or hit its deadline): say where it came from.
-                log.warning("call cancelled inside the service", exc_info=True, extra={"fields": {"method": method}})
-            raise
-        except Exception as exc:
-            record_server_code(span, grpc.StatusCode.INTERNAL)
-            await abort_with(context, _internal(method, exc))
-            raise
-        record_server_code(span, grpc.StatusCode.OK)
+async def _failed(method: str, span: Span, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """Record on its SERVER span how a served call failed, and end the call with the gRPC
+    status for the failure (an InterlockError's, INTERNAL for any other exception; raising
+    grpc.aio.AbortError then). The handler re-raises `exc` after."""
+    if isinstance(exc, InterlockError):
+        record_server_code(span, exc.code.grpc_code, exc.message)
+        await abort_with(context, exc)
+    elif isinstance(exc, grpc.aio.AbortError):
+        record_server_code(span, _aborted_code(context))
+    elif isinstance(exc, asyncio.CancelledError):
+        record_server_code(span, grpc.StatusCode.CANCELLED)
+        if not context.cancelled():
+            # Not the caller's doing (it hung up or hit its deadline): say where it came from.
+            log.warning("call cancelled inside the service", exc_info=exc, extra={"fields": {"method": method}})
+    elif isinstance(exc, Exception):
+        record_server_code(span, grpc.StatusCode.INTERNAL)
+        await abort_with(context, _internal(method, exc))
 
 
 def _unary(method: str, cls: type[pb_message.Message], impl: UnaryImpl) -> grpc.RpcMethodHandler[Any, Any]:
     path = _rpc_path(method)
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        async with _served(method, path, context):
-            response = await impl(parse_request(cls, raw), context)
+        # The span and the failure handling written out, not an async context manager: this
+        # runs for every call, and a generator-based manager costs several more frames each.
+        with ServerSpan(path, context.invocation_metadata()) as span:
+            try:
+                response = await impl(parse_request(cls, raw), context)
+            except (Exception, asyncio.CancelledError) as exc:
+                await _failed(method, span, context, exc)
+                raise
+            record_server_code(span, grpc.StatusCode.OK)
             return response.SerializeToString()
 
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -222,9 +223,14 @@ def _stream(method: str, cls: type[pb_message.Message], impl: StreamImpl) -> grp
     path = _rpc_path(method)
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-        async with _served(method, path, context):
-            async for item in impl(parse_request(cls, raw), context):
-                yield item.SerializeToString()
+        with ServerSpan(path, context.invocation_metadata()) as span:
+            try:
+                async for item in impl(parse_request(cls, raw), context):
+                    yield item.SerializeToString()
+            except (Exception, asyncio.CancelledError) as exc:
+                await _failed(method, span, context, exc)
+                raise
+            record_server_code(span, grpc.StatusCode.OK)
 
     return grpc.unary_stream_rpc_method_handler(handle)
 
