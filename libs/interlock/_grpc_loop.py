@@ -544,12 +544,13 @@ class _Connection(asyncio.Protocol):
     # --- sending
 
     def _send_unary(self, stream_id: int, stream: _Stream, answer: bytes, context: LoopServicerContext) -> None:
-        message = b"\x00" + len(answer).to_bytes(4, "big") + answer
         code = context._code or grpc.StatusCode.OK
-        trailers = _trailers(code, context._details, context._trailing)
         if code is not grpc.StatusCode.OK:
             self._end(stream_id, stream, code, context._details, context._trailing)
-        elif len(message) <= min(self._send_window, stream.send_window, self._max_frame):
+            return
+        message = b"\x00" + len(answer).to_bytes(4, "big") + answer
+        trailers = _trailers(code, context._details, context._trailing)
+        if len(message) <= min(self._send_window, stream.send_window, self._max_frame):
             # The common case: headers, the message and trailers in one write.
             self._send_window -= len(message)
             self._streams.pop(stream_id, None)
