@@ -209,12 +209,12 @@ def _unary(method: str, cls: type[pb_message.Message], impl: UnaryImpl) -> grpc.
         # runs for every call, and a generator-based manager costs several more frames each.
         with ServerSpan(path, context.invocation_metadata()) as span:
             try:
-                response = await impl(parse_request(cls, raw), context)
+                answer = (await impl(parse_request(cls, raw), context)).SerializeToString()
             except (Exception, asyncio.CancelledError) as exc:
                 await _failed(method, span, context, exc)
                 raise
             record_server_code(span, grpc.StatusCode.OK)
-            return response.SerializeToString()
+            return answer
 
     return grpc.unary_unary_rpc_method_handler(handle)
 
