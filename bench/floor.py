@@ -13,10 +13,10 @@ bare grpc.aio server set up as the services' (`interlock._server`: gRPC core's e
 paths send, and answers with an empty `ChatResponse`, which is what the Python gRPC
 transport costs a gateway before it does any work. A fifth does the same on the router's
 event-loop gRPC transport (`interlock._grpc_loop`, which parses HTTP/2 in the event loop),
-without grpc.aio's hand-offs between gRPC core's poller thread and the loop. Then, at each rate, vegeta (ghz for
-the gRPC proxies, with the request `make bench` sends) drives nginx directly and through every
-proxy in alternating rounds, and the report gives the added latency percentiles as
-`make bench` does (a path's percentile minus the direct path's).
+without grpc.aio's hand-offs between gRPC core's poller thread and the loop. Then, at each
+rate, vegeta (ghz for the gRPC proxies, with the request `make bench` sends) drives nginx
+directly and through every proxy in alternating rounds, and the report gives the added
+latency percentiles as `make bench` does (a path's percentile minus the direct path's).
 
     python -m bench.floor                          # 100 and 1,000 calls/s, 3 rounds of 10 s
     python -m bench.floor --rates 10,100 --json

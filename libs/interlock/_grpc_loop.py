@@ -3,9 +3,9 @@
 grpc.aio passes every event of a call (its arrival, its request message, each answer sent,
 its close) from gRPC core's completion-queue poller thread to the event loop through a
 socket, and every hand-off is a wake-up of one thread by another. This server does the
-HTTP/2 work in the event loop's own `data_received`: frames are parsed as they arrive (HPACK
-header blocks by interlock._hpack), the method runs when the request's last frame is in, and a unary
-answer leaves as one write of its headers, message and trailers. A call then costs the loop
+HTTP/2 work in the event loop's own `data_received`: frames are parsed as they arrive
+(HPACK header blocks by interlock._hpack), the method runs when the request's last frame is
+in, and a unary answer leaves as one write of its headers, message and trailers. A call then costs the loop
 one wake-up for the request plus whatever its method waits on (docs/BENCHMARKS.md, the
 floor; round 16 in docs/BENCHMARKS-history.md).
 
