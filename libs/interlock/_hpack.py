@@ -96,6 +96,7 @@ class HeaderBlockDecoder:
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The (name, value) fields of one complete header block, in order."""
         fields: list[tuple[bytes, bytes]] = []
+        dynamic = self._dynamic
         listed = 0
         pos = 0
         end = len(block)
@@ -106,7 +107,9 @@ class HeaderBlockDecoder:
                 index = first & 0x7F
                 if index == 0x7F:
                     index, pos = _integer(block, pos, index)
-                field = self._entry(index)
+                # The common case inline: a field the client indexed in the dynamic table.
+                offset = index - _STATIC_COUNT - 1
+                field = dynamic[offset] if 0 <= offset < len(dynamic) else self._entry(index)
             elif first & 0x40:  # literal, added to the table
                 index = first & 0x3F
                 if index == 0x3F:

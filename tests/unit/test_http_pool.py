@@ -111,6 +111,27 @@ async def test_sequential_requests_reuse_one_connection(serve: Serve) -> None:
     await pool.aclose()
 
 
+async def test_request_headers_follow_the_pools_lower_cased_the_last_of_a_name_kept(serve: Serve) -> None:
+    server = await serve(lambda n, _: ok())
+    pool = pool_for(server)
+    response = await pool.request("POST", "/c", {"X-Request-Id": "r1", "Traceparent": "a", "traceparent": "b"})
+    assert await response.read() == b'{"ok":true}'
+    response.release()
+    head = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[1:] == [
+        f"host: 127.0.0.1:{server.url.split(':')[2].split('/')[0]}".encode(),
+        b"accept-encoding: gzip, deflate",
+        b"authorization: Bearer k",
+        b"accept: application/json",
+        b"x-request-id: r1",
+        b"traceparent: b",
+        b"content-length: 0",
+    ]
+    with pytest.raises(ValueError):
+        await pool.request("POST", "/c", {"x-ok": "1", "x-bad": "a\r\nb"})
+    await pool.aclose()
+
+
 async def test_connection_closed_by_server_is_not_reused(serve: Serve) -> None:
     server = await serve(lambda n, _: ok(extra="connection: close\r\n"))
     pool = pool_for(server)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
 from typing import Any, cast
 
 import grpc
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 from interlock.errors import BudgetExceededError, InvalidArgumentError, RateLimitedError, UpstreamError, to_status
+from interlock.services.router.domain import flow as flow_module
 from interlock.services.router.domain.chain import ChainExecutor
 from interlock.services.router.domain.chat import MAX_PROMPT_BYTES, ChatCall, input_token_bound, validate_chat
 from interlock.services.router.domain.defaults import default_routing_document as defaults
@@ -389,3 +395,88 @@ def test_custom_prices_for_private_models_and_overrides() -> None:
     doc["models"] = [{"name": "m", "provider": "openai", "price": {"input_per_mtok": -1, "output_per_mtok": 1}}]
     with pytest.raises(RoutingConfigError, match=r"models\[0\]\.price\.input_per_mtok"):
         parse_routing_config(doc, "v")
+
+
+class SpanSeenProvider(Provider):
+    """Remembers the span current when the flow called it (what the provider's request carries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[trace.SpanContext] = []
+
+    async def chat(self, request: ProviderRequest) -> ProviderResponse:
+        self.seen.append(trace.get_current_span().get_span_context())
+        return await super().chat(request)
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+        self.seen.append(trace.get_current_span().get_span_context())
+        async for item in super().stream(request):
+            yield item
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    """A tracer provider recording every span, behind the flow's tracer."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(flow_module, "_tracer", provider.get_tracer("test"))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_sampled_call_records_request_decisions_attempts_and_answer_on_its_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter], streamed: bool
+) -> None:
+    provider, exporter = spans
+    seen = SpanSeenProvider()
+    bound = flow(Ports(), seen)
+    with provider.get_tracer("server").start_as_current_span("/interlock.router.v1.RouterService/Chat") as server:
+        if streamed:
+            items = [item async for item in bound.stream(CALLER, call(), None)]
+            assert isinstance(items[-1], ChatResult)
+        else:
+            await bound.chat(CALLER, call(), None)
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    recorded = finished["/interlock.router.v1.RouterService/Chat"].attributes or {}
+    assert recorded["interlock.project"] == "search"
+    assert recorded["interlock.request_id"] == "r1"
+    assert recorded["interlock.ratelimit.decision"] == "allowed"
+    assert recorded["interlock.budget.decision"] == "reserved"
+    assert recorded["interlock.attempts"] == 1
+    assert recorded["gen_ai.usage.output_tokens"] == 2
+    assert recorded["interlock.cost_nanos"] == call().route.pricing.cost_nanos(3, 2)
+    if not streamed:  # a unary call's attempt has a span of its own, the provider's parent
+        attempt = finished["chat gpt-4o-mini"]
+        assert attempt.parent is not None and attempt.parent.span_id == server.get_span_context().span_id
+        assert (attempt.attributes or {})["gen_ai.usage.input_tokens"] == 3
+        assert seen.seen == [attempt.get_span_context()]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_unsampled_call_records_nothing_and_the_provider_sees_its_context(
+    spans: tuple[TracerProvider, InMemorySpanExporter], streamed: bool
+) -> None:
+    _, exporter = spans
+    seen = SpanSeenProvider()
+    bound = flow(Ports(), seen)
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    with unsampled.get_tracer("server").start_as_current_span("server") as server:
+        assert server.get_span_context().is_valid and not server.is_recording()
+        if streamed:
+            [item async for item in bound.stream(CALLER, call(), None)]
+        else:
+            await bound.chat(CALLER, call(), None)
+    assert exporter.get_finished_spans() == ()
+    # No span of its own: the provider's request carries the (unsampled) call's context.
+    assert seen.seen == [server.get_span_context()]
+
+
+async def test_a_call_outside_any_trace_starts_one_at_its_attempt(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = spans
+    await flow(Ports(), Provider()).chat(CALLER, call(), None)
+    (attempt,) = exporter.get_finished_spans()
+    assert attempt.name == "chat gpt-4o-mini" and attempt.parent is None

@@ -165,10 +165,13 @@ class HitLeaseBook(Generic[K]):
         if now < state.quiet_until:
             return None
         lease_s = self.lease_ms / 1000
-        live = [lease for lease in state.leases if lease.expires > now]
-        left = sum(lease.requests_left for lease in live)
-        newest_end = max((lease.expires for lease in live), default=now)
-        if live and left > state.last_ask // 2 and newest_end - now > state.granted_s / 2:
+        left = 0
+        newest_end = now
+        for lease in state.leases:  # the live ones: what they have left, when the last ends
+            if lease.expires > now:
+                left += lease.requests_left
+                newest_end = max(newest_end, lease.expires)
+        if newest_end > now and left > state.last_ask // 2 and newest_end - now > state.granted_s / 2:
             return None
         elapsed = now - state.asked_at if state.asked_at else 0.0
         rate = state.calls_since_ask / max(elapsed, _MIN_RATE_WINDOW_S)

@@ -65,7 +65,7 @@ class MalformedResponse(TransportError):
 
 
 def _check_header(name: str, value: str) -> None:
-    if any(c in name for c in "\r\n:") or not name or "\r" in value or "\n" in value:
+    if not name or ":" in name or "\r" in name or "\n" in name or "\r" in value or "\n" in value:
         raise ValueError(f"header {name!r} has a line break or a colon in it")
 
 
@@ -307,6 +307,7 @@ class HttpPool:
         "_busy",
         "_closed",
         "_connect_timeout_s",
+        "_head",
         "_headers",
         "_host",
         "_idle",
@@ -348,6 +349,8 @@ class HttpPool:
             _check_header(name, value)
             merged[name.lower()] = value
         self._headers = merged
+        self._head = "".join(f"{name}: {value}\r\n" for name, value in merged.items())
+        """The pool's own header lines, written once; a request's headers follow them."""
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._idle: list[_Connection] = []
@@ -402,16 +405,19 @@ class HttpPool:
     def _encode(self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes) -> bytes:
         if "\r" in target or "\n" in target or " " in target:
             raise ValueError("request target has whitespace or a line break in it")
-        merged = self._headers
+        head = self._head
         if headers:
-            merged = dict(merged)
+            own = self._headers
+            extra: dict[str, str] = {}
             for name, value in headers.items():
                 _check_header(name, value)
-                merged[name.lower()] = value
-        lines = [f"{method} {self._path}{target} HTTP/1.1"]
-        lines.extend(f"{name}: {value}" for name, value in merged.items())
-        lines.append(f"content-length: {len(body)}\r\n\r\n")
-        return "\r\n".join(lines).encode("latin-1") + body
+                extra[name.lower()] = value
+            if own.keys().isdisjoint(extra):
+                head += "".join([f"{name}: {value}\r\n" for name, value in extra.items()])
+            else:  # a request header replaces one of the pool's (rare): all written anew
+                head = "".join([f"{name}: {value}\r\n" for name, value in {**own, **extra}.items()])
+        text = f"{method} {self._path}{target} HTTP/1.1\r\n{head}content-length: {len(body)}\r\n\r\n"
+        return text.encode("latin-1") + body
 
     async def _connection(self) -> _Connection:
         now = time.monotonic()

@@ -16,10 +16,9 @@ Two signals, each with a setting that turns it off:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from interlock.errors import UnavailableError
@@ -56,6 +55,7 @@ class LoadShedder:
         self.lag_s = 0.0
         """How late the last tick woke."""
         self.peak_lag_s = 0.0
+        self._slot = _Slot(self)
         """The latest any tick woke."""
         self._late_in_a_row = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -99,21 +99,10 @@ class LoadShedder:
         self.observe_tick(max(0.0, self._clock() - due))
         self._schedule(loop)
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a place for one call for the block's duration, or raise UnavailableError."""
-        cap = self.policy.max_in_flight
-        if cap and self.in_flight >= cap:
-            self.shed_in_flight += 1
-            raise self._refusal(f"router is at its cap of {cap} calls in flight", "in_flight")
-        if self.lagging:
-            self.shed_lag += 1
-            raise self._refusal(f"router is overloaded (event loop {self.lag_s * 1000:.0f} ms behind)", "loop_lag")
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    def admit(self) -> _Slot:
+        """A place for one call for a `with` block's duration; entering it raises
+        UnavailableError when the router is overloaded."""
+        return self._slot
 
     def _refusal(self, message: str, signal: str) -> UnavailableError:
         return UnavailableError(
@@ -121,3 +110,29 @@ class LoadShedder:
             retry_after_s=self.policy.retry_after_s,
             metadata={"reason": "overloaded", "signal": signal},
         )
+
+
+class _Slot:
+    """`LoadShedder.admit()`'s context manager: one object for every call (it keeps no state
+    of its own), a class rather than a generator context manager on the hot path."""
+
+    __slots__ = ("_shedder",)
+
+    def __init__(self, shedder: LoadShedder) -> None:
+        self._shedder = shedder
+
+    def __enter__(self) -> None:
+        shedder = self._shedder
+        cap = shedder.policy.max_in_flight
+        if cap and shedder.in_flight >= cap:
+            shedder.shed_in_flight += 1
+            raise shedder._refusal(f"router is at its cap of {cap} calls in flight", "in_flight")
+        if shedder.lagging:
+            shedder.shed_lag += 1
+            raise shedder._refusal(
+                f"router is overloaded (event loop {shedder.lag_s * 1000:.0f} ms behind)", "loop_lag"
+            )
+        shedder.in_flight += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._shedder.in_flight -= 1

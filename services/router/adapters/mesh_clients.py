@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import hashlib
 import logging
 import time
@@ -79,6 +80,20 @@ def merge_corrections(requests: Sequence[ratelimit_pb2.AdjustHitsRequest]) -> li
 
 
 _LeaseKey = tuple[tuple[tuple[str, str], ...], ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def _descriptors(api_key_id: str, org: str, project: str, provider: str, model: str) -> _LeaseKey:
+    """The rate-limit scopes of a caller's calls to a model: requests per key, project and
+    model, then tokens per each (the `usage` descriptors)."""
+    scopes = (
+        (("api_key", api_key_id),),
+        (("project", f"{org}/{project}"),),
+        (("provider", provider), ("model", model)),
+    )
+    return scopes + tuple((("usage", "tokens"), *scope) for scope in scopes)
+
+
 """A call's descriptor set: the calls of one key, project and model share their leases."""
 
 
@@ -153,13 +168,9 @@ class RateLimitClient:
         self._sweep: asyncio.TimerHandle | None = None
 
     @staticmethod
-    def descriptors(caller: Caller, call: ChatCall) -> list[tuple[tuple[str, str], ...]]:
-        scopes: list[tuple[tuple[str, str], ...]] = [
-            (("api_key", caller.api_key_id),),
-            (("project", f"{caller.org}/{caller.project}"),),
-            (("provider", call.route.provider), ("model", call.route.name)),
-        ]
-        return scopes + [(("usage", "tokens"), *scope) for scope in scopes]
+    def descriptors(caller: Caller, call: ChatCall) -> _LeaseKey:
+        """The call's rate-limit scopes (also its key in the lease book), built once per caller and model."""
+        return _descriptors(caller.api_key_id, caller.org, caller.project, call.route.provider, call.route.name)
 
     async def admit(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
         """The call's admission: from a lease in memory when one has room, else the limiter's."""
@@ -175,7 +186,7 @@ class RateLimitClient:
             return None
         tokens = self._tokens(call)
         scopes = self.descriptors(caller, call)
-        key = tuple(scopes)
+        key = scopes
         lease = self.leases.take(key, tokens)
         self._give_back()
         ask = self.leases.ask(key)
@@ -230,9 +241,7 @@ class RateLimitClient:
         return [self._pending.popleft() for _ in range(min(len(self._pending), _MAX_CARRIED_CORRECTIONS))]
 
     @staticmethod
-    def _descriptors_pb(
-        scopes: list[tuple[tuple[str, str], ...]], requests: int, tokens: int
-    ) -> list[ratelimit_pb2.Descriptor]:
+    def _descriptors_pb(scopes: _LeaseKey, requests: int, tokens: int) -> list[ratelimit_pb2.Descriptor]:
         return [
             ratelimit_pb2.Descriptor(
                 entries=[ratelimit_pb2.Entry(key=k, value=v) for k, v in entries],
@@ -241,9 +250,7 @@ class RateLimitClient:
             for entries in scopes
         ]
 
-    def _learn_failure_modes(
-        self, scopes: list[tuple[tuple[str, str], ...]], statuses: Sequence[ratelimit_pb2.DescriptorStatus]
-    ) -> None:
+    def _learn_failure_modes(self, scopes: _LeaseKey, statuses: Sequence[ratelimit_pb2.DescriptorStatus]) -> None:
         for entries, status in zip(scopes, statuses, strict=False):
             closed = next(
                 (r.name for r in status.matched_limits if r.failure_mode == ratelimit_pb2.FAILURE_MODE_CLOSED), ""
@@ -253,7 +260,7 @@ class RateLimitClient:
         while len(self._closed_rules) > 10_000:
             self._closed_rules.popitem(last=False)
 
-    async def _ask_lease(self, key: _LeaseKey, scopes: list[tuple[tuple[str, str], ...]], ask: LeaseAsk) -> None:
+    async def _ask_lease(self, key: _LeaseKey, scopes: _LeaseKey, ask: LeaseAsk) -> None:
         """Ask for a lease in the background; no call waits for it."""
         assert self.leases is not None
         carried = self._carry()
@@ -330,7 +337,7 @@ class RateLimitClient:
             self._pending.append(_PendingCorrection(request, -lease.requests_left, now, context))
         self._schedule_flush()
 
-    def _unreachable(self, scopes: list[tuple[tuple[str, str], ...]]) -> Admission:
+    def _unreachable(self, scopes: _LeaseKey) -> Admission:
         for entries in scopes:
             closed = self._closed_rules.get(entries)
             if closed is None and not self._fail_open:
@@ -375,7 +382,7 @@ class RateLimitClient:
         if delta == 0:
             return None
         if admission.leased and self.leases is not None:
-            key = tuple(self.descriptors(caller, call))
+            key = self.descriptors(caller, call)
             if self.leases.correct(key, admission.decided_at_ms, delta):
                 return None  # goes back with the lease's unspent tokens, in one correction
         request = ratelimit_pb2.AdjustHitsRequest(

@@ -28,6 +28,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 def _tag_span(call: ChatCall) -> None:
     span = trace.get_current_span()
+    if not span.is_recording():  # not sampled: nothing to tag
+        return
     span.set_attribute("interlock.config_version", call.config_version)
     span.set_attribute("interlock.request_id", call.request_id)
     span.set_attribute("gen_ai.request.model", call.route.name)

@@ -162,13 +162,19 @@ def input_token_bound(messages: Sequence[ChatMessage]) -> int:
         _TOKENS_PER_MESSAGE
         + len(m.role)
         + len(m.content.encode("utf-8", "surrogatepass"))
-        + sum(len(c.name) + len(c.arguments.encode("utf-8", "surrogatepass")) for c in m.tool_calls)
+        + (
+            sum(len(c.name) + len(c.arguments.encode("utf-8", "surrogatepass")) for c in m.tool_calls)
+            if m.tool_calls
+            else 0
+        )
         for m in messages
     )
 
 
 def tools_token_bound(tools: Sequence[ToolSpec]) -> int:
     """Upper bound on the tokens the tool definitions add to the prompt (their JSON bytes)."""
+    if not tools:
+        return 0
     return sum(
         len(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}).encode())
         for t in tools

@@ -166,7 +166,9 @@ class ChatFlow:
         bound = input_token_bound(call.messages) + tools_token_bound(call.tools)
         return call.route.worst_case_cost_nanos(bound, call.max_tokens)
 
-    async def _admit_and_reserve(self, caller: Caller, call: ChatCall, timeout_s: float | None) -> Admission:
+    async def _admit_and_reserve(
+        self, caller: Caller, call: ChatCall, timeout_s: float | None, span: trace.Span | None
+    ) -> Admission:
         worst = self.worst_case_nanos(call)
         # Decided in memory when leases have room (no suspension, the common case under load);
         # what is left is asked of the services, both at once.
@@ -200,7 +202,8 @@ class ChatFlow:
             )
         if failure is None and isinstance(reservation, Reservation) and not reservation.granted:
             failure = budget_exceeded(reservation, worst)
-        _record_decisions(admission, reservation, worst)
+        if span is not None:
+            _record_decisions(span, admission, reservation, worst)
         if failure is not None:
             if granted:
                 await self._budget.release(call.request_id)
@@ -247,13 +250,17 @@ class ChatFlow:
     async def chat(
         self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
     ) -> ChatResult:
-        _record_request(caller, call, self._redaction)
-        admission = await self._admit_and_reserve(caller, call, timeout_s)
+        span, attempt_spans = _call_span()
+        if span is not None:
+            _record_request(span, caller, call, self._redaction)
+        admission = await self._admit_and_reserve(caller, call, timeout_s, span)
         attempts = 0
 
         async def attempt(deployment: Deployment, time_left_s: float) -> ProviderResponse:
             nonlocal attempts
             attempts += 1
+            if not attempt_spans:  # the call's trace is not sampled: its attempts have no spans
+                return await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
             # One span per provider attempt, parent of the HTTP client span to the provider
             # (none when the call's trace is not sampled).
             with CurrentSpan(
@@ -268,11 +275,11 @@ class ChatFlow:
                     "interlock.attempt": attempts - 1,
                 },
                 child_of_current=True,
-            ) as span:
+            ) as attempt_span:
                 answer = await providers[deployment.provider].chat(self._request(call, deployment, time_left_s))
-                span.set_attribute("gen_ai.response.model", deployment.upstream_model)
-                span.set_attribute("gen_ai.usage.input_tokens", answer.usage.input_tokens)
-                span.set_attribute("gen_ai.usage.output_tokens", answer.usage.output_tokens)
+                attempt_span.set_attribute("gen_ai.response.model", deployment.upstream_model)
+                attempt_span.set_attribute("gen_ai.usage.input_tokens", answer.usage.input_tokens)
+                attempt_span.set_attribute("gen_ai.usage.output_tokens", answer.usage.output_tokens)
                 return answer
 
         try:
@@ -283,18 +290,21 @@ class ChatFlow:
                 raise chain_error(exc) from exc
             raise
         answer = done.value
-        _record_attempts(done.attempts)
+        if span is not None:
+            _record_attempts(span, done.attempts)
         cost = await self._settle(call, done.deployment, answer.usage, len(done.attempts))
-        _record_answer(
-            call,
-            done.deployment,
-            answer.usage,
-            cost,
-            answer.text,
-            answer.finish_reason,
-            answer.tool_calls,
-            self._redaction,
-        )
+        if span is not None:
+            _record_answer(
+                span,
+                call,
+                done.deployment,
+                answer.usage,
+                cost,
+                answer.text,
+                answer.finish_reason,
+                answer.tool_calls,
+                self._redaction,
+            )
         await self._record_usage(caller, call, admission, answer.usage)
         return ChatResult(
             call.request_id,
@@ -311,8 +321,10 @@ class ChatFlow:
         self, caller: Caller, call: ChatCall, timeout_s: float | None, providers: Mapping[str, ChatProvider]
     ) -> AsyncIterator[str | StreamToolCallDelta | ChatResult]:
         """Yield text deltas and tool-call pieces, then one ChatResult."""
-        _record_request(caller, call, self._redaction)
-        admission = await self._admit_and_reserve(caller, call, timeout_s)
+        span, _ = _call_span()
+        if span is not None:
+            _record_request(span, caller, call, self._redaction)
+        admission = await self._admit_and_reserve(caller, call, timeout_s, span)
 
         def open_stream(deployment: Deployment, time_left_s: float) -> AsyncIterator[StreamItem]:
             return providers[deployment.provider].stream(self._request(call, deployment, time_left_s))
@@ -330,19 +342,22 @@ class ChatFlow:
                 elif isinstance(item, StreamEnd):
                     settled = True
                     assert chain.deployment is not None
-                    _record_attempts(chain.attempts)
+                    if span is not None:
+                        _record_attempts(span, chain.attempts)
                     cost = await self._settle(call, chain.deployment, item.usage, len(chain.attempts))
                     await self._record_usage(caller, call, admission, item.usage)
-                    _record_answer(
-                        call,
-                        chain.deployment,
-                        item.usage,
-                        cost,
-                        "".join(parts),
-                        item.finish_reason,
-                        item.tool_calls,
-                        self._redaction,
-                    )
+                    if span is not None:
+                        _record_answer(
+                            span,
+                            call,
+                            chain.deployment,
+                            item.usage,
+                            cost,
+                            "".join(parts),
+                            item.finish_reason,
+                            item.tool_calls,
+                            self._redaction,
+                        )
                     yield ChatResult(
                         call.request_id,
                         call.route.name,
@@ -356,7 +371,8 @@ class ChatFlow:
                     return
         except ChainError as exc:
             if not settled:
-                _record_attempts(exc.attempts)
+                if span is not None:
+                    _record_attempts(span, exc.attempts)
                 # A stream cut after output began is billed by the provider for what it
                 # generated; one that produced nothing is released like a failed call.
                 if parts and chain.deployment is not None:
@@ -380,11 +396,18 @@ class ChatFlow:
             await chain.aclose()
 
 
-def _record_attempts(attempts: Sequence[AttemptRecord]) -> None:
-    """Every attempt of the chain as an event on the current span (the router's server span)."""
+def _call_span() -> tuple[trace.Span | None, bool]:
+    """The call's span (the router's server span) once per call, None when it is not
+    recorded (the `_record_*` functions then are not called at all); and whether attempts
+    get spans of their own: not when the call's trace is known and not sampled."""
     span = trace.get_current_span()
-    if not span.is_recording():
-        return
+    if span.is_recording():
+        return span, True
+    return None, not span.get_span_context().is_valid
+
+
+def _record_attempts(span: trace.Span, attempts: Sequence[AttemptRecord]) -> None:
+    """Every attempt of the chain as an event on the call's span."""
     span.set_attribute("interlock.attempts", len(attempts))
     for i, a in enumerate(attempts):
         span.add_event(
@@ -409,12 +432,9 @@ def _message_digest(m: ChatMessage) -> str:
     return recording.message_digest(m.role, m.content, calls, m.tool_call_id, m.name)
 
 
-def _record_request(caller: Caller, call: ChatCall, rules: RedactionRules) -> None:
-    """Who made the call, for which run, agent and step, on the current (router) span; and
-    for calls of a run, the redacted request with digests of the unredacted one, for replay."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
+def _record_request(span: trace.Span, caller: Caller, call: ChatCall, rules: RedactionRules) -> None:
+    """Who made the call, for which run, agent and step, on the call's span; and for calls
+    of a run, the redacted request with digests of the unredacted one, for replay."""
     span.set_attribute("gen_ai.operation.name", "chat")
     span.set_attribute("gen_ai.request.model", call.route.name)
     span.set_attribute("gen_ai.request.max_tokens", call.max_tokens)
@@ -468,11 +488,8 @@ async def _outcome(decision: Awaitable[T]) -> T | Exception:
         return exc
 
 
-def _record_decisions(admission: object, reservation: object, worst_case_nanos: int) -> None:
-    """The rate-limit and budget decisions on the current span."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
+def _record_decisions(span: trace.Span, admission: object, reservation: object, worst_case_nanos: int) -> None:
+    """The rate-limit and budget decisions on the call's span."""
     if isinstance(admission, Admission):
         span.set_attribute("interlock.ratelimit.decision", "allowed" if admission.allowed else "refused")
         if admission.limit_name:
@@ -489,6 +506,7 @@ def _record_decisions(admission: object, reservation: object, worst_case_nanos: 
 
 
 def _record_answer(
+    span: trace.Span,
     call: ChatCall,
     deployment: Deployment,
     usage: TokenUsage,
@@ -498,10 +516,7 @@ def _record_answer(
     tool_calls: Sequence[ToolCall],
     rules: RedactionRules,
 ) -> None:
-    """The answer's model, usage and cost (and, for a run, its redacted body) on the current span."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
+    """The answer's model, usage and cost (and, for a run, its redacted body) on the call's span."""
     span.set_attribute("gen_ai.provider.name", deployment.provider)
     span.set_attribute("gen_ai.system", deployment.provider)
     span.set_attribute("gen_ai.response.model", deployment.upstream_model)
