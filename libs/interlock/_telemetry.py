@@ -128,7 +128,12 @@ class CurrentSpan:
 
 def current_trace_id() -> str:
     """Hex trace id of the current span, or "" when there is none."""
-    ctx = trace.get_current_span().get_span_context()
+    return trace_id_of(trace.get_current_span())
+
+
+def trace_id_of(span: trace.Span) -> str:
+    """Hex trace id of `span`, or "" for the invalid span (no trace)."""
+    ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 

@@ -117,7 +117,7 @@ async def test_a_consumer_that_does_not_read_stops_the_reading_at_the_bound() ->
 def test_a_batch_becomes_joined_text_with_tool_calls_and_the_answer_in_place() -> None:
     tool = StreamToolCallDelta(index=0, id="call_1", name="lookup", arguments='{"q":')
     result = ChatResult("req-1", "chat-default", "openai", "Hello, world", "stop", TokenUsage(3, 4), 1234)
-    messages = list(stream_messages(["Hel", "lo", tool, ", wor", "ld", result], "v7"))
+    messages = list(stream_messages(["Hel", "lo", tool, ", wor", "ld", result], "v7", "ab" * 16))
     kinds = [m.WhichOneof("event") for m in messages]
     assert kinds == ["delta", "tool_call", "delta", "done"]
     assert [messages[0].delta, messages[2].delta] == ["Hello", ", world"]
@@ -125,4 +125,5 @@ def test_a_batch_becomes_joined_text_with_tool_calls_and_the_answer_in_place() -
     assert messages[3].done.text == "Hello, world"
     assert messages[3].done.config_version == "v7"
     assert messages[3].done.cost_nanos == 1234
-    assert [m.delta for m in stream_messages([""], "v7")] == [""]
+    assert messages[3].done.trace_id == "ab" * 16
+    assert [m.delta for m in stream_messages([""], "v7", "")] == [""]

@@ -148,7 +148,7 @@ class HttpFacade:
         anthropic = path == "/v1/messages"
         # The caller's trace context, when its headers carry one (parsed only then).
         fields = _propagator_fields(propagate.get_global_textmap())
-        parent = propagate.extract(headers) if any(f in headers for f in fields) else otel_context.Context()
+        parent = otel_context.Context() if fields.isdisjoint(headers) else propagate.extract(headers)
         with CurrentSpan(
             _tracer,
             f"{method} {path}",

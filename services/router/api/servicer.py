@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from interlock._telemetry import current_trace_id
+from interlock._telemetry import trace_id_of
 from interlock.errors import AuthenticationError, InvalidArgumentError
 from interlock.router.v1 import router_pb2
 from interlock.services.router.adapters.live_routing import LiveRouting
@@ -26,15 +26,17 @@ from interlock.services.router.domain.routing import RoutingConfig
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _tag_span(call: ChatCall) -> None:
+def _tag_span(call: ChatCall) -> str:
+    """Tag the call's span (when its trace is sampled); returns its trace id for the answer."""
     span = trace.get_current_span()
     if not span.is_recording():  # not sampled: nothing to tag
-        return
+        return trace_id_of(span)
     span.set_attribute("interlock.config_version", call.config_version)
     span.set_attribute("interlock.request_id", call.request_id)
     span.set_attribute("gen_ai.request.model", call.route.name)
     if call.run_id:
         span.set_attribute("interlock.run_id", call.run_id)
+    return trace_id_of(span)
 
 
 def api_key_of(context: Ctx) -> str:
@@ -103,7 +105,7 @@ class RouterServicer:
         )
 
     @staticmethod
-    def _response(result: ChatResult) -> router_pb2.ChatResponse:
+    def _response(result: ChatResult, trace_id: str) -> router_pb2.ChatResponse:
         return router_pb2.ChatResponse(
             request_id=result.request_id,
             model=result.model,
@@ -118,7 +120,7 @@ class RouterServicer:
                 cache_write_tokens=result.usage.cache_write_tokens,
             ),
             cost_nanos=result.cost_nanos,
-            trace_id=current_trace_id(),
+            trace_id=trace_id,
             tool_calls=[router_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in result.tool_calls],
         )
 
@@ -161,9 +163,9 @@ class RouterServicer:
             caller = await self._caller(context)
             snap = self.live.current  # the call is pinned to this version to its end
             call = self._call(snap.config, request.params)
-            _tag_span(call)
+            trace_id = _tag_span(call)
             result = await self._flow.chat(caller, call, context.time_remaining(), snap.providers)
-        response = self._response(result)
+        response = self._response(result, trace_id)
         response.config_version = call.config_version
         return response
 
@@ -174,17 +176,17 @@ class RouterServicer:
             caller = await self._caller(context)
             snap = self.live.current
             call = self._call(snap.config, request.params)
-            _tag_span(call)
+            trace_id = _tag_span(call)
             pieces = self._flow.stream(caller, call, context.time_remaining(), snap.providers)
             # Pieces that arrived together leave as one message (services/router/api/read_ahead.py).
             async with contextlib.aclosing(read_ahead(pieces)) as batches:
                 async for batch in batches:
-                    for message in stream_messages(batch, call.config_version):
+                    for message in stream_messages(batch, call.config_version, trace_id):
                         yield message
 
 
 def stream_messages(
-    batch: list[str | StreamToolCallDelta | ChatResult], config_version: str
+    batch: list[str | StreamToolCallDelta | ChatResult], config_version: str, trace_id: str
 ) -> Iterator[router_pb2.ChatStreamResponse]:
     """ChatStream's messages for pieces read together: consecutive text deltas joined into one."""
     text: list[str] = []
@@ -199,7 +201,7 @@ def stream_messages(
             delta = router_pb2.ToolCallDelta(index=item.index, id=item.id, name=item.name, arguments=item.arguments)
             yield router_pb2.ChatStreamResponse(tool_call=delta)
         else:
-            done = RouterServicer._response(item)
+            done = RouterServicer._response(item, trace_id)
             done.config_version = config_version
             yield router_pb2.ChatStreamResponse(done=done)
     if text:
