@@ -250,6 +250,30 @@ async def test_at_most_max_connections_in_flight(serve: Serve) -> None:
     assert server.connections == 2
 
 
+async def test_a_request_cancelled_while_waiting_for_a_connection_takes_no_slot(serve: Serve) -> None:
+    server = await serve(lambda n, _: ok(str(n).encode()))
+    pool = pool_for(server, max_connections=1)
+    first = await pool.request("POST", "/c")
+    waiting = [asyncio.create_task(pool.request("POST", "/c")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    waiting[0].cancel()  # cancelled while it waits
+    first_body = await first.read()
+    first.release()  # the slot goes to the next still waiting, not to the cancelled one
+    waiting[1].cancel()  # handed the slot, cancelled before it ran: the slot passes on
+    async with asyncio.timeout(5):  # a slot lost to a cancelled waiter would leave it waiting
+        second = await waiting[2]
+    assert (first_body, await second.read()) == (b"1", b"2")
+    second.release()
+    for task in waiting[:2]:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (pool.busy_connections, len(server.requests)) == (0, 2)
+    third = await pool.request("POST", "/c")  # every slot is back
+    assert await third.read() == b"3"
+    third.release()
+    assert pool.busy_connections == 0
+
+
 async def test_cancelled_request_closes_its_connection(serve: Serve) -> None:
     server = await serve(lambda n, _: None if n == 1 else ok())
     pool = pool_for(server)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
 import zlib
@@ -312,10 +313,11 @@ class HttpPool:
         "_host",
         "_idle",
         "_idle_timeout_s",
+        "_max",
         "_path",
         "_port",
-        "_slots",
         "_ssl",
+        "_waiters",
     )
 
     def __init__(
@@ -354,8 +356,11 @@ class HttpPool:
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        # A slot a request: taken at once below `max_connections` (no await, no waiter
+        # objects), else waited for in order; a freed slot goes straight to the first waiter.
+        self._max = max_connections
         self._busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
 
     @property
@@ -376,15 +381,16 @@ class HttpPool:
         if self._closed:
             raise ConnectFailed("the client is closed")
         data = self._encode(method, target, headers, body)
-        await self._slots.acquire()
-        self._busy += 1
+        if self._busy < self._max and not self._waiters:
+            self._busy += 1
+        else:
+            await self._wait_for_slot()
         try:
             conn = await self._connection()
             head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             response = conn.send(data, head)
         except BaseException:
-            self._busy -= 1
-            self._slots.release()
+            self._release_slot()
             raise
         try:
             await head
@@ -447,9 +453,29 @@ class HttpPool:
             raise ConnectFailed(f"cannot connect to {where}: {exc}") from exc
         return conn
 
-    def _give_back(self, conn: _Connection) -> None:
+    async def _wait_for_slot(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # resolved by _release_slot, which hands its slot over
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot, then cancelled: it goes to the next
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # still waiting (not cancelled): the slot is its now
+                waiter.set_result(None)
+                return
         self._busy -= 1
-        self._slots.release()
+
+    def _give_back(self, conn: _Connection) -> None:
+        self._release_slot()
         if conn.closed:
             return
         if self._closed:
