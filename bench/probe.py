@@ -15,7 +15,10 @@ of CPU milliseconds per answered call and peak RSS of each mesh process, and the
 
 A variant is a comma-separated list of NAME=VALUE settings ("" for the mesh as it is); the
 item `python=PATH` runs that variant's services on another interpreter (a venv's python with
-Interlock installed, e.g. `--variant python=.venv/bin/python --variant ""`). This
+Interlock installed, e.g. `--variant python=.venv/bin/python --variant ""`), and `code=REV`
+runs them on the Interlock code of git revision REV (its `libs/` and `services/`, with
+protobuf stubs generated from its `protos/`), so a change is measured against the commit
+before it: `--variant code=HEAD~1 --variant ""`. This
 is the tool behind the per-change figures in docs/BENCHMARKS.md; `make bench` remains the
 reference comparison against LiteLLM.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -34,7 +38,7 @@ from .compare import ALL_PATHS, endpoints
 from .gateways import InterlockGateway, NginxUpstream
 from .load import RunResult, run_once
 from .stats import percentile
-from .tools import commit, find_tools, stop_on_sigterm
+from .tools import ROOT, commit, find_tools, stop_on_sigterm
 
 
 @dataclass
@@ -57,6 +61,43 @@ PATHS = ("interlock-http", *(p for p in ALL_PATHS if p.startswith("interlock") a
 
 PYTHON_ITEM = "python"
 """The variant item naming the services' interpreter rather than a setting."""
+
+CODE_ITEM = "code"
+"""The variant item naming a git revision whose Interlock code the services run."""
+
+
+def code_tree(rev: str, work: Path, python: str = "") -> Path:
+    """The Interlock packages of git revision `rev`, for `PYTHONPATH` (which Python searches
+    before the editable install's finder): a directory whose `interlock` package is the
+    revision's `libs/interlock` with its `services/` as `interlock.services`, and protobuf
+    stubs generated from its `protos/` by `python` (default: this interpreter). Raises
+    ValueError for a revision git does not know."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise ValueError(f"no commit {rev!r} in {ROOT}")
+    sha = found.stdout.strip()
+    tree = work / f"code-{sha[:12]}"
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", sha, "libs", "services", "protos", "scripts/gen_protos.py"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    subprocess.run(
+        [python or sys.executable, str(tree / "scripts" / "gen_protos.py")], check=True, stdout=subprocess.DEVNULL
+    )
+    package = tree / "path" / "interlock"
+    package.mkdir(parents=True)
+    for entry in (tree / "libs" / "interlock").iterdir():
+        (package / entry.name).symlink_to(entry)
+    (package / "services").symlink_to(tree / "services")
+    return package.parent
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -113,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no interpreter at {python}")
     tools = find_tools(need_litellm=False)
     work = Path(tempfile.mkdtemp(prefix="interlock-probe-"))
+    for text, env in variants:
+        if CODE_ITEM in env:
+            print(f"probe: checking out {env[CODE_ITEM]} for {text}", file=sys.stderr, flush=True)
+            try:
+                env["PYTHONPATH"] = str(code_tree(env.pop(CODE_ITEM), work, env.get(PYTHON_ITEM, "")))
+            except ValueError as exc:
+                parser.error(str(exc))
     upstream = NginxUpstream(work / "nginx", tools.nginx).start()
     gateways: list[tuple[str, InterlockGateway]] = []
     results = {text: VariantResult(text or "(as configured)") for text, _ in variants}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -234,3 +235,31 @@ def test_every_bench_command_ends_on_sigterm_through_its_cleanup(
     with pytest.raises(SystemExit) as stopped:
         handler(signal.SIGTERM, None)
     assert stopped.value.code == 128 + signal.SIGTERM
+
+
+def test_probe_code_variant_runs_a_revisions_interlock_ahead_of_the_installed_one(tmp_path: Path) -> None:
+    """`code=REV`: a PYTHONPATH whose `interlock` package, services and generated stubs
+    included, is the revision's files (`git archive`), found before the editable install."""
+    from bench.probe import code_tree
+
+    path = code_tree("HEAD", tmp_path)
+    flow = path / "interlock" / "services" / "router" / "domain" / "flow.py"
+    committed = subprocess.run(
+        ["git", "show", "HEAD:services/router/domain/flow.py"], capture_output=True, check=True
+    ).stdout
+    assert flow.read_bytes() == committed
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import interlock.services.router.domain.flow as f, interlock.router.v1.router_pb2 as pb;"
+            "print(f.__file__, pb.__file__)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert where == [str(flow), str(path / "interlock" / "router" / "v1" / "router_pb2.py")]
+    with pytest.raises(ValueError, match="no commit"):
+        code_tree("no-such-revision", tmp_path)
