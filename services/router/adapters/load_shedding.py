@@ -55,8 +55,8 @@ class LoadShedder:
         self.lag_s = 0.0
         """How late the last tick woke."""
         self.peak_lag_s = 0.0
-        self._slot = _Slot(self)
         """The latest any tick woke."""
+        self._slot = _Slot(self)
         self._late_in_a_row = 0
         self._timer: asyncio.TimerHandle | None = None
 

@@ -80,6 +80,7 @@ def merge_corrections(requests: Sequence[ratelimit_pb2.AdjustHitsRequest]) -> li
 
 
 _LeaseKey = tuple[tuple[tuple[str, str], ...], ...]
+"""A call's descriptor set: the calls of one key, project and model share their leases."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -92,9 +93,6 @@ def _descriptors(api_key_id: str, org: str, project: str, provider: str, model: 
         (("provider", provider), ("model", model)),
     )
     return scopes + tuple((("usage", "tokens"), *scope) for scope in scopes)
-
-
-"""A call's descriptor set: the calls of one key, project and model share their leases."""
 
 
 def _is_tokens(entries: tuple[tuple[str, str], ...]) -> bool:
