@@ -425,6 +425,15 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TracerProvider, InM
     provider.shutdown()
 
 
+async def run_call(bound: BoundFlow, streamed: bool) -> ChatResult:
+    """One call through the flow, unary or streamed; its result."""
+    if not streamed:
+        return await bound.chat(CALLER, call(), None)
+    items = [item async for item in bound.stream(CALLER, call(), None)]
+    assert isinstance(items[-1], ChatResult)
+    return items[-1]
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_sampled_call_records_request_decisions_attempts_and_answer_on_its_span(
     spans: tuple[TracerProvider, InMemorySpanExporter], streamed: bool
@@ -433,11 +442,7 @@ async def test_a_sampled_call_records_request_decisions_attempts_and_answer_on_i
     seen = SpanSeenProvider()
     bound = flow(Ports(), seen)
     with provider.get_tracer("server").start_as_current_span("/interlock.router.v1.RouterService/Chat") as server:
-        if streamed:
-            items = [item async for item in bound.stream(CALLER, call(), None)]
-            assert isinstance(items[-1], ChatResult)
-        else:
-            await bound.chat(CALLER, call(), None)
+        await run_call(bound, streamed)
     finished = {s.name: s for s in exporter.get_finished_spans()}
     recorded = finished["/interlock.router.v1.RouterService/Chat"].attributes or {}
     assert recorded["interlock.project"] == "search"
@@ -464,10 +469,7 @@ async def test_an_unsampled_call_records_nothing_and_the_provider_sees_its_conte
     unsampled = TracerProvider(sampler=ALWAYS_OFF)
     with unsampled.get_tracer("server").start_as_current_span("server") as server:
         assert server.get_span_context().is_valid and not server.is_recording()
-        if streamed:
-            [item async for item in bound.stream(CALLER, call(), None)]
-        else:
-            await bound.chat(CALLER, call(), None)
+        await run_call(bound, streamed)
     assert exporter.get_finished_spans() == ()
     # No span of its own: the provider's request carries the (unsampled) call's context.
     assert seen.seen == [server.get_span_context()]
