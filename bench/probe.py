@@ -82,6 +82,8 @@ def code_tree(rev: str, work: Path, python: str = "") -> Path:
         raise ValueError(f"no commit {rev!r} in {ROOT}")
     sha = found.stdout.strip()
     tree = work / f"code-{sha[:12]}"
+    if (tree / "path").is_dir():  # another variant of the same revision made it already
+        return tree / "path"
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", sha, "libs", "services", "protos", "scripts/gen_protos.py"],
         capture_output=True,

@@ -261,5 +261,6 @@ def test_probe_code_variant_runs_a_revisions_interlock_ahead_of_the_installed_on
         check=True,
     ).stdout.split()
     assert where == [str(flow), str(path / "interlock" / "router" / "v1" / "router_pb2.py")]
+    assert code_tree("HEAD", tmp_path) == path  # a second variant of the revision shares it
     with pytest.raises(ValueError, match="no commit"):
         code_tree("no-such-revision", tmp_path)
