@@ -203,8 +203,11 @@ def test_a_top_up_that_fails_or_falls_short_waits_before_the_next(tmp_path: Path
     book = LeaseBook(LeasePolicy(slice_nanos=50_000, refill_retry_s=1.0), rpc, clock=lambda: clock[0])
 
     async def drain() -> None:
+        # Top-ups start a few milliseconds after the call that asks (background.START_DELAY_S).
         for _ in range(5):
             await asyncio.sleep(0)
+        if book._refills:
+            await asyncio.wait(set(book._refills), timeout=5)
 
     async def run() -> tuple[int, int, int, int]:
         assert await book.grow_and_take("r0", CALLER, 1_000, 5.0)

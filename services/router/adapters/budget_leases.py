@@ -15,7 +15,6 @@ its own, so a nearly spent budget is still used up.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from interlock.budget.v1 import budget_pb2
+from interlock.services.router.adapters.background import start_soon
 from interlock.services.router.domain.flow import Caller
 
 log = logging.getLogger("interlock.router.budget")
@@ -127,10 +127,8 @@ class LeaseBook:
             and not lease.closed
         ):
             lease.refilling = True
-            # Work for the calls to come: not a span of the call that happened to start it.
-            task = asyncio.get_running_loop().create_task(self._refill(lease), context=contextvars.Context())
-            self._refills.add(task)
-            task.add_done_callback(self._refills.discard)
+            # Work for the calls to come, after this one (background.START_DELAY_S).
+            start_soon(self._refill(lease), self._refills)
 
     async def _refill(self, lease: Lease) -> None:
         """Top the lease up to its slice ahead of need (calls keep reserving what it holds)."""

@@ -25,6 +25,7 @@ from interlock._rpc_tracing import traced_call
 from interlock.budget.v1 import budget_pb2, budget_pb2_grpc
 from interlock.errors import AuthenticationError, InterlockError, UnavailableError, from_rpc_error
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+from interlock.services.router.adapters.background import START_DELAY_S, start_soon
 from interlock.services.router.adapters.budget_leases import CommitBatcher, CommitOutcome, LeaseBook, LeasePolicy
 from interlock.services.router.adapters.hit_leases import HitLeaseBook, LeaseAsk
 from interlock.services.router.adapters.prompt_tokens import estimate_prompt_tokens
@@ -189,10 +190,12 @@ class RateLimitClient:
         self._give_back()
         ask = self.leases.ask(key)
         if ask is not None:
-            # Background work for many calls: not a span of the call that happened to ask.
-            task = asyncio.create_task(self._ask_lease(key, scopes, ask), context=contextvars.Context())
-            self._lease_tasks.add(task)
-            task.add_done_callback(self._lease_tasks.discard)
+            # Work for the calls to come. While the lease still had room for this call, the
+            # ask lets this call go first (background.START_DELAY_S); a call the lease could
+            # not admit asks the limiter itself, and the ask goes with it.
+            start_soon(
+                self._ask_lease(key, scopes, ask), self._lease_tasks, START_DELAY_S if lease is not None else 0.0
+            )
         if lease is None:
             return None
         return Admission(True, decided_at_ms=lease.charged_at_ms, token_estimate=tokens, leased=True)
@@ -589,12 +592,8 @@ class BudgetClient:
                 # In the last third of its life a key in use is checked again in the background,
                 # so no call of a busy key waits for the check; an idle key's entry just expires.
                 self._auth_refreshing.add(cache_key)
-                # Work for the key's calls to come: not a span of the call that happened to start it.
-                task = asyncio.get_running_loop().create_task(
-                    self._refresh_auth(api_key, cache_key), context=contextvars.Context()
-                )
-                self._auth_tasks.add(task)
-                task.add_done_callback(self._auth_tasks.discard)
+                # Work for the key's calls to come, after this one (background.START_DELAY_S).
+                start_soon(self._refresh_auth(api_key, cache_key), self._auth_tasks)
             return hit[1]
         return await self._check_key(api_key, cache_key)
 
